@@ -1,0 +1,50 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace BlockRepl;
+
+/// <summary>The admin endpoint: <c>unix:PATH</c> (the default, under the data dir) or <c>127.0.0.1:PORT</c>.</summary>
+internal sealed record AdminAddress(string? UnixPath, IPEndPoint? Tcp)
+{
+    public static AdminAddress Parse(string text)
+    {
+        if (text.StartsWith("unix:", StringComparison.Ordinal) && text.Length > 5)
+        {
+            return new AdminAddress(Path.GetFullPath(text[5..]), null);
+        }
+
+        if (IPEndPoint.TryParse(text, out var ip) && text.Contains(':', StringComparison.Ordinal))
+        {
+            return new AdminAddress(null, ip);
+        }
+
+        throw new UserError($"--admin '{text}' is not an address: use unix:PATH or 127.0.0.1:PORT");
+    }
+
+    public override string ToString() => UnixPath is not null ? "unix:" + UnixPath : Tcp!.ToString();
+
+    /// <summary>An HTTP client whose every connection goes to this address.</summary>
+    public HttpClient CreateClient(TimeSpan timeout)
+    {
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var socket = UnixPath is not null
+                    ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+                    : new Socket(Tcp!.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+                try
+                {
+                    await socket.ConnectAsync(UnixPath is not null ? new UnixDomainSocketEndPoint(UnixPath) : Tcp!, ct).ConfigureAwait(false);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        };
+        return new HttpClient(handler) { BaseAddress = new Uri("http://blockrepl-admin/"), Timeout = timeout };
+    }
+}
