@@ -75,9 +75,14 @@ done
 # ---------------------------------------------------------------- cleanup
 declare -A PIDS=() PORTS=() URIS=() LOGS=()
 WORK=""
+FIO_PID=""
 cleanup() {
     local rc=$? s pid i
     trap - EXIT INT TERM
+    if [[ -n "$FIO_PID" ]]; then
+        kill -TERM "$FIO_PID" 2>/dev/null || true
+        wait "$FIO_PID" 2>/dev/null || true
+    fi
     for s in "${!PIDS[@]}"; do
         pid="${PIDS[$s]}"
         kill -TERM "$pid" 2>/dev/null || continue
@@ -119,12 +124,21 @@ WORK=$(mktemp -d "$BENCH_TMPDIR/nbd-bench.XXXXXX")
 FSTYPE=$(stat -f -c %T "$WORK" 2>/dev/null || echo "?")
 [[ "$FSTYPE" == tmpfs ]] && log "warning: $WORK is on tmpfs; set BENCH_TMPDIR to a directory on a real disk"
 
-versions=()
+versions=() server_desc=()
 for s in "${SERVER_LIST[@]}"; do
     case "$s" in
-    blockrepl) versions+=("blockrepl $GIT_REV") ;;
-    qemu-nbd) versions+=("$(qemu-nbd --version | head -1)") ;;
-    nbdkit) versions+=("$(nbdkit --version | head -1)") ;;
+    blockrepl)
+        versions+=("blockrepl $GIT_REV")
+        server_desc+=("blockrepl \`serve --image FILE --size 1G\` (DOTNET_gcServer=0)")
+        ;;
+    qemu-nbd)
+        versions+=("$(qemu-nbd --version | head -1)")
+        server_desc+=("\`qemu-nbd --cache=writeback -f raw --persistent\`")
+        ;;
+    nbdkit)
+        versions+=("$(nbdkit --version | head -1)")
+        server_desc+=("\`nbdkit file\` (defaults)")
+        ;;
     esac
 done
 
@@ -137,7 +151,7 @@ HEADER=$(
 - tools: $(fio --version)$(printf ', %s' "${versions[@]}")
 - method: fio --ioengine=nbd (1 connection), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell, warm-up ${WARMUP} s per server
 - images: one 1 GiB raw file per server on $FSTYPE ($BENCH_TMPDIR), each a copy of the same 1 GiB of /dev/urandom data
-- servers: blockrepl \`serve --image FILE --size 1G\` (DOTNET_gcServer=0); \`qemu-nbd --cache=writeback -f raw --persistent\`; \`nbdkit file\` (defaults)
+- servers:$(printf ' %s;' "${server_desc[@]}" | sed 's/;$//')
 EOF
 )
 echo "$HEADER"
@@ -225,10 +239,16 @@ run_fio() { # server jobname out.json fio-args...
         return 1
     fi
     # fio's nbd engine may print a line before the JSON: the JSON goes to a file of its own.
-    if ! timeout "$FIO_TIMEOUT" fio --name="$name" --ioengine=nbd --uri="${URIS[$s]}" \
+    # fio runs in the background and is waited for, so a signal to this script is acted on at once.
+    timeout "$FIO_TIMEOUT" fio --name="$name" --ioengine=nbd --uri="${URIS[$s]}" \
         --numjobs=1 --norandommap --randrepeat=0 "$@" \
-        --output-format=json --output="$out" >"$out.stdout" 2>"$out.stderr"; then
-        log "fio failed for $s / $name: $(tail -n 3 "$out.stderr" "$out.stdout" 2>/dev/null | tr '\n' ' ')"
+        --output-format=json --output="$out" >"$out.stdout" 2>"$out.stderr" &
+    FIO_PID=$!
+    local rc=0
+    wait "$FIO_PID" || rc=$?
+    FIO_PID=""
+    if ((rc != 0)); then
+        log "fio failed (status $rc) for $s / $name: $(cat "$out.stderr" "$out.stdout" 2>/dev/null | tail -n 3 | tr '\n' ' ')"
         return 1
     fi
 }

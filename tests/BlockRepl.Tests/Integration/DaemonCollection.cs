@@ -1,3 +1,5 @@
+using Xunit;
+
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>

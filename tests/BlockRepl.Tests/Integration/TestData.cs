@@ -1,9 +1,12 @@
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
+using Microsoft.Win32.SafeHandles;
+using Xunit;
 
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>Deterministic test content, and byte-level assertions that name the first differing offset.</summary>
-internal static class TestData
+internal static partial class TestData
 {
     public const int MiB = 1 << 20;
 
@@ -41,18 +44,46 @@ internal static class TestData
 
     public static async Task<string> Sha256OfFileAsync(string path)
     {
-        await using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20, FileOptions.SequentialScan);
+        await using var file = new FileStream(OpenForReading(path), FileAccess.Read, 1 << 20);
         return Convert.ToHexStringLower(await SHA256.HashDataAsync(file));
     }
 
     /// <summary>Reads a range of a file that another process (the daemon) has open for writing.</summary>
     public static byte[] ReadFileRange(string path, long offset, int count)
     {
-        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var handle = OpenForReading(path);
         var buffer = new byte[count];
-        file.Position = offset;
-        file.ReadExactly(buffer);
+        var done = 0;
+        while (done < count)
+        {
+            var n = RandomAccess.Read(handle, buffer.AsSpan(done), offset + done);
+            Assert.True(n > 0, $"{path} ends before offset {offset + count}");
+            done += n;
+        }
+
         return buffer;
+    }
+
+    public static byte[] ReadWholeFile(string path)
+    {
+        using var handle = OpenForReading(path);
+        return ReadFileRange(path, 0, checked((int)RandomAccess.GetLength(handle)));
+    }
+
+    /// <summary>
+    /// open(2) read-only without .NET's emulated FileShare locking: .NET takes an advisory flock on every
+    /// FileStream, so a daemon that holds its image with FileShare.None would make a plain FileStream throw,
+    /// although reading the file is exactly what a user checking it would do (sha256sum, cmp).
+    /// </summary>
+    public static SafeFileHandle OpenForReading(string path)
+    {
+        var fd = Open(path, 0 /* O_RDONLY */);
+        if (fd < 0)
+        {
+            Assert.Fail($"open({path}) failed with errno {Marshal.GetLastPInvokeError()}");
+        }
+
+        return new SafeFileHandle(fd, ownsHandle: true);
     }
 
     public static void AssertBytesEqual(ReadOnlySpan<byte> expected, ReadOnlySpan<byte> actual, string what, long baseOffset = 0)
@@ -90,4 +121,7 @@ internal static class TestData
 
         return runs;
     }
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int Open(string path, int flags);
 }

@@ -1,0 +1,129 @@
+using Xunit;
+
+namespace BlockRepl.Tests.Integration;
+
+/// <summary>Start, restart, crash and shutdown of `blockrepl serve`, checked through the image file on disk.</summary>
+[Collection(DaemonCollection.Name)]
+public sealed class DaemonLifecycleTests
+{
+    [Fact]
+    public async Task Serve_FreshDataDir_CreatesSparseImageAndMetaAndPrintsOneReadyLine()
+    {
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir, size: "1G");
+
+        Assert.Equal(Path.Combine(daemon.DataDir, "vol.img"), daemon.ImagePath);
+        Assert.Equal(1L << 30, new FileInfo(daemon.ImagePath).Length);
+        Assert.True(File.Exists(Path.Combine(daemon.DataDir, "vol.meta")), "vol.meta was not created");
+        var stat = (await Tool.RunAsync("stat", "-c", "%b %B", daemon.ImagePath)).EnsureSuccess();
+        var parts = stat.Stdout.Split(' ', StringSplitOptions.TrimEntries);
+        var allocated = long.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture)
+            * long.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(allocated < TestData.MiB, $"a fresh 1 GiB image has {allocated} bytes allocated; it should be sparse");
+
+        await daemon.StopAsync();
+        Assert.True(daemon.StdoutLines.Count == 1, $"expected only the ready line on stdout, got:\n{string.Join('\n', daemon.StdoutLines)}");
+    }
+
+    private const string DurableWriteScript =
+        """
+        import hashlib, json, random, sys, nbd
+        h = nbd.NBD()
+        h.connect_uri(sys.argv[1])
+        rng = random.Random(7)
+        flushed, fua = rng.randbytes(1 << 20), rng.randbytes(65536 + 3)
+        h.pwrite(flushed, (5 << 20) + 123)
+        h.flush()
+        h.pwrite(fua, (40 << 20) + 1, nbd.CMD_FLAG_FUA)
+        print(json.dumps({"flushed": hashlib.sha256(flushed).hexdigest(), "fua": hashlib.sha256(fua).hexdigest()}))
+        """;
+
+    private const string ReadBackScript =
+        """
+        import hashlib, json, sys, nbd
+        h = nbd.NBD()
+        h.connect_uri(sys.argv[1])
+        print(json.dumps({
+            "flushed": hashlib.sha256(h.pread(1 << 20, (5 << 20) + 123)).hexdigest(),
+            "fua": hashlib.sha256(h.pread(65536 + 3, (40 << 20) + 1)).hexdigest()}))
+        """;
+
+    [Fact]
+    public async Task Flush_ThenKill9AndRestart_DataSurvives()
+    {
+        using var dir = new TempDirectory();
+        var written = default(System.Text.Json.JsonElement);
+        await using (var daemon = await DaemonProcess.StartAsync(dir, size: "64M"))
+        {
+            // The script exits right after the FLUSH reply and the FUA write's reply; SIGKILL follows at once.
+            written = await NbdPython.RunJsonAsync(DurableWriteScript, daemon.NbdUri);
+            await daemon.Kill9Async();
+        }
+
+        await using var restarted = await DaemonProcess.StartAsync(dir, size: "64M");
+        var readBack = await NbdPython.RunJsonAsync(ReadBackScript, restarted.NbdUri);
+
+        Assert.Equal(written.GetProperty("flushed").GetString(), readBack.GetProperty("flushed").GetString());
+        Assert.Equal(written.GetProperty("fua").GetString(), readBack.GetProperty("fua").GetString());
+        Assert.Equal(written.GetProperty("flushed").GetString(), Sha256(TestData.ReadFileRange(restarted.ImagePath, (5 << 20) + 123, 1 << 20)));
+        Assert.Equal(written.GetProperty("fua").GetString(), Sha256(TestData.ReadFileRange(restarted.ImagePath, (40 << 20) + 1, 65536 + 3)));
+
+        await restarted.StopAsync();
+    }
+
+    [Theory]
+    [InlineData(ChildProcess.SIGTERM)]
+    [InlineData(ChildProcess.SIGINT)]
+    public async Task Signal_WithClientConnected_ExitsZeroAndDataInImage(int signal)
+    {
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir, size: "64M");
+        await using var client = await NbdPython.StartAsync(
+            """
+            import sys, nbd
+            h = nbd.NBD()
+            h.connect_uri(sys.argv[1])
+            h.pwrite(bytes([0x3d]) * 300000, 777777)
+            print("written", flush=True)
+            sys.stdin.readline()
+            """,
+            daemon.NbdUri);
+        await client.WaitForLineAsync(l => l == "written", "client write");
+
+        // No FLUSH from the client: the daemon's shutdown must make the write reach the image (fdatasync).
+        await daemon.StopAsync(signal);
+
+        var bytes = TestData.ReadFileRange(daemon.ImagePath, 777777, 300000);
+        TestData.AssertBytesEqual(Enumerable.Repeat((byte)0x3d, 300000).ToArray(), bytes, "image after shutdown", 777777);
+    }
+
+    [Theory]
+    [InlineData("128M")]
+    [InlineData("32M")]
+    [InlineData("67109376")]
+    public async Task Serve_ExistingImageWithDifferentSize_ExitsOneWithSingleLineReason(string size)
+    {
+        using var dir = new TempDirectory();
+        string imagePath;
+        await using (var daemon = await DaemonProcess.StartAsync(dir, size: "64M"))
+        {
+            imagePath = daemon.ImagePath;
+            (await Tool.RunAsync("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 65536", "-c", "flush", daemon.NbdUri)).EnsureSuccess();
+            await daemon.StopAsync();
+        }
+
+        var result = await DaemonProcess.RunExpectingExitAsync(dir, size);
+
+        Assert.True(result.ExitCode == 1, $"exit code {result.ExitCode}, expected 1\n{result}");
+        var lines = result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        Assert.True(lines.Length == 1, $"expected a one-line reason on stderr, got {lines.Length} lines:\n{result.Stderr}");
+        Assert.DoesNotContain("   at ", result.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", result.Stderr, StringComparison.OrdinalIgnoreCase);
+
+        // The refused start left the image alone.
+        Assert.Equal(64L * TestData.MiB, new FileInfo(imagePath).Length);
+        TestData.AssertBytesEqual(Enumerable.Repeat((byte)0x42, 65536).ToArray(), TestData.ReadFileRange(imagePath, 0, 65536), "image after refused start");
+    }
+
+    private static string Sha256(byte[] data) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(data));
+}
