@@ -51,8 +51,9 @@ internal sealed class CoalescingFlush
                 _flush();
                 round.SetResult();
             }
-            catch (Exception ex) when (ex is IOException)
+            catch (Exception ex)
             {
+                // A pool thread is a boundary: every failure goes to the waiters, none escapes.
                 round.SetException(ex);
             }
 

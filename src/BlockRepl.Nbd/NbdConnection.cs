@@ -548,8 +548,9 @@ internal sealed class NbdConnection : IDisposable
         {
             await task.ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is BlockImageException or VolumeReadOnlyException)
+        catch (Exception ex)
         {
+            // Every completion must reply and release its in-flight slot, whatever failed.
             NbdLog.RequestFailed(_log, Remote, "async request", 0, 0, ex.Message);
             error = ErrorCode(ex);
         }
@@ -564,7 +565,7 @@ internal sealed class NbdConnection : IDisposable
         {
             error = await task.ConfigureAwait(false) ? 0 : NbdProtocol.ENOTSUP;
         }
-        catch (Exception ex) when (ex is BlockImageException or VolumeReadOnlyException)
+        catch (Exception ex)
         {
             NbdLog.RequestFailed(_log, Remote, "WRITE_ZEROES", 0, 0, ex.Message);
             error = ErrorCode(ex);
