@@ -233,7 +233,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
     /// Reads one whole reply. <paramref name="readLength"/> is the length of the READ it answers (0 for other
     /// commands): a simple reply carries no length, so the client must know how much data follows a success.
     /// </summary>
-    public async Task<NbdReply> ReadReplyAsync(ulong expectedCookie, uint readLength = 0)
+    public async Task<NbdReply> ReadReplyAsync(ulong expectedCookie, uint readLength = 0, ulong readOffset = 0)
     {
         var magicBytes = await ReadExactAsync(4);
         var magic = BinaryPrimitives.ReadUInt32BigEndian(magicBytes);
@@ -274,12 +274,15 @@ internal sealed class RawNbdClient : IAsyncDisposable
             switch (type)
             {
                 case ChunkOffsetData when readData is not null:
-                    var dataOffset = BinaryPrimitives.ReadUInt64BigEndian(payload);
+                    // Chunk offsets are export offsets; place the data relative to the request.
+                    var dataOffset = BinaryPrimitives.ReadUInt64BigEndian(payload) - readOffset;
+                    Assert.True(dataOffset + (ulong)(payload.Length - 8) <= readLength, "OFFSET_DATA chunk outside the request");
                     payload.AsSpan(8).CopyTo(readData.AsSpan((int)dataOffset));
                     break;
                 case ChunkOffsetHole when readData is not null:
-                    var holeOffset = BinaryPrimitives.ReadUInt64BigEndian(payload);
+                    var holeOffset = BinaryPrimitives.ReadUInt64BigEndian(payload) - readOffset;
                     var holeLength = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(8));
+                    Assert.True(holeOffset + holeLength <= readLength, "OFFSET_HOLE chunk outside the request");
                     readData.AsSpan((int)holeOffset, (int)holeLength).Clear();
                     break;
                 case ChunkError or ChunkErrorOffset:
@@ -311,7 +314,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
     public async Task<NbdReply> RequestAsync(ushort type, ushort flags, ulong offset, uint length, ReadOnlyMemory<byte> payload = default)
     {
         var cookie = await SendRequestAsync(type, flags, offset, length, payload);
-        return await ReadReplyAsync(cookie, type == CmdRead ? length : 0);
+        return await ReadReplyAsync(cookie, type == CmdRead ? length : 0, type == CmdRead ? offset : 0);
     }
 
     /// <summary>
