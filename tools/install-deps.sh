@@ -41,6 +41,17 @@ if ((${#missing[@]} > 0)); then
     done
 fi
 
+# The gRPC interop tests run a standard gRPC peer (@grpc/grpc-js) under node; Debian's nodejs and npm are
+# installed only when no node is on PATH (a newer node from elsewhere is kept).
+if ! command -v node >/dev/null 2>&1; then
+    SUDO=()
+    [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+    echo "install-deps: installing nodejs npm (node not found)"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+command -v npm >/dev/null 2>&1 || die "node is installed but npm is not: install it with 'apt-get install -y nodejs npm'"
+
 # The nbd Python module lives in Debian's python3 (python3-libnbd); another python3 on PATH may lack it.
 [[ -x /usr/bin/python3 ]] || die "/usr/bin/python3 not found (install python3)"
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 \
@@ -52,4 +63,4 @@ dotnet_version=$(dotnet --version 2>/dev/null) || die "'dotnet --version' failed
 [[ "${dotnet_version%%.*}" =~ ^[0-9]+$ && "${dotnet_version%%.*}" -ge 10 ]] \
     || die "dotnet SDK $dotnet_version found, but blockrepl needs the .NET 10 SDK"
 
-echo "install-deps: ok (${#PACKAGES[@]} packages present, python3 nbd module ok, dotnet $dotnet_version)"
+echo "install-deps: ok (${#PACKAGES[@]} packages present, python3 nbd module ok, node $(node --version), dotnet $dotnet_version)"
