@@ -15,7 +15,7 @@ namespace BlockRepl.Benchmarks;
 public class NbdRequestPathBenchmarks
 {
     private const int Depth = 32;
-    private const int Rounds = 256;
+    private const int Rounds = 1024;
     private string _dir = null!;
     private Volume _volume = null!;
     private Dictionary<string, NbdExport> _exports = null!;

@@ -30,41 +30,30 @@ internal sealed class ServerCallHandler
         _logger = logger;
     }
 
-    public async Task HandleUnaryAsync<TRequest, TResponse>(
+    public Task HandleUnaryAsync<TRequest, TResponse>(
         HttpContext http, Func<TRequest, ServerCallContext, Task<TResponse>> handler)
         where TRequest : class, IMessage<TRequest>, new()
-        where TResponse : class, IMessage<TResponse>
-    {
-        if (!TryBeginCall(http, out var context))
+        where TResponse : class, IMessage<TResponse> =>
+        RunCallAsync(http, async context =>
         {
-            return;
-        }
+            var reader = new HttpContextStreamReader<TRequest>(http.Request.BodyReader, context, _options.MaxReceiveMessageSize);
+            var request = await reader.ReadSingleAsync().ConfigureAwait(false);
+            var response = await handler(request, context).ConfigureAwait(false);
+            var writer = new HttpContextStreamWriter<TResponse>(http.Response, context, _options.MaxSendMessageSize);
+            await writer.WriteAsync(response).ConfigureAwait(false);
+        });
 
-        using (context)
-        {
-            Status status;
-            try
-            {
-                var reader = new HttpContextStreamReader<TRequest>(http.Request.BodyReader, context, _options.MaxReceiveMessageSize);
-                var request = await reader.ReadSingleAsync().ConfigureAwait(false);
-                var response = await handler(request, context).ConfigureAwait(false);
-                var writer = new HttpContextStreamWriter<TResponse>(http.Response, context, _options.MaxSendMessageSize);
-                await writer.WriteAsync(response).ConfigureAwait(false);
-                status = context.Status;
-            }
-            catch (Exception ex)
-            {
-                status = StatusFromException(ex, http, context);
-            }
-
-            EndCall(http, status);
-        }
-    }
-
-    public async Task HandleDuplexAsync<TRequest, TResponse>(
+    public Task HandleDuplexAsync<TRequest, TResponse>(
         HttpContext http, Func<IAsyncStreamReader<TRequest>, IServerStreamWriter<TResponse>, ServerCallContext, Task> handler)
         where TRequest : class, IMessage<TRequest>, new()
-        where TResponse : class, IMessage<TResponse>
+        where TResponse : class, IMessage<TResponse> =>
+        RunCallAsync(http, context => handler(
+            new HttpContextStreamReader<TRequest>(http.Request.BodyReader, context, _options.MaxReceiveMessageSize),
+            new HttpContextStreamWriter<TResponse>(http.Response, context, _options.MaxSendMessageSize),
+            context));
+
+    /// <summary>One call: validate, run the body, turn its outcome (or exception) into the status trailers.</summary>
+    private async Task RunCallAsync(HttpContext http, Func<ServerCallContext, Task> body)
     {
         if (!TryBeginCall(http, out var context))
         {
@@ -76,9 +65,7 @@ internal sealed class ServerCallHandler
             Status status;
             try
             {
-                var reader = new HttpContextStreamReader<TRequest>(http.Request.BodyReader, context, _options.MaxReceiveMessageSize);
-                var writer = new HttpContextStreamWriter<TResponse>(http.Response, context, _options.MaxSendMessageSize);
-                await handler(reader, writer, context).ConfigureAwait(false);
+                await body(context).ConfigureAwait(false);
                 status = context.Status;
             }
             catch (Exception ex)
