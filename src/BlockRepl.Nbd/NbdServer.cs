@@ -24,7 +24,7 @@ public sealed class NbdServer : IDisposable
     private volatile bool _stopping;
     private long _connectionCount;
 
-    public NbdServer(IEnumerable<NbdExport> exports, ILogger log, int maxConnections = 256)
+    public NbdServer(IEnumerable<NbdExport> exports, ILogger log, int maxConnections = 64)
     {
         _exports = exports.ToDictionary(e => e.Name, StringComparer.Ordinal);
         _log = log;
