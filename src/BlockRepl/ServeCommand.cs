@@ -64,7 +64,8 @@ internal static class ServeCommand
             }
         });
 
-        await using var app = builder.Build();
+        var app = builder.Build();
+        await using var appScope = app.ConfigureAwait(false);
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("blockrepl");
 
         Volume volume;
