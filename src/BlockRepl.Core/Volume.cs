@@ -120,6 +120,10 @@ public sealed class Volume : IDisposable
         }
     }
 
+    /// <summary>
+    /// Reads a range. A front end may serve one request with several calls (and none for holes), so
+    /// it counts the request itself with <see cref="CountRead"/>.
+    /// </summary>
     public void Read(long offset, Span<byte> destination)
     {
         try
@@ -131,9 +135,10 @@ public sealed class Volume : IDisposable
             Counters.Error();
             throw;
         }
-
-        Counters.Read(destination.Length);
     }
+
+    /// <summary>Counts one read request of <paramref name="bytes"/> bytes in <see cref="Counters"/>.</summary>
+    public void CountRead(int bytes) => Counters.Read(bytes);
 
     /// <summary>Writes <paramref name="data"/>; with <paramref name="fua"/> the task completes when it is durable.</summary>
     public ValueTask Write(long offset, ReadOnlySpan<byte> data, bool fua)

@@ -373,6 +373,7 @@ internal sealed class NbdConnection : IDisposable
     {
         var offset = (long)request.Offset;
         var length = (int)request.Length;
+        _volume.CountRead(length);
         if (!_session.StructuredReplies)
         {
             SimpleRead(request.Cookie, offset, length);
