@@ -71,6 +71,26 @@ public sealed class DaemonLifecycleTests
         await restarted.StopAsync();
     }
 
+    [Fact]
+    public async Task Serve_AfterKill9WithUnixSockets_RestartsOnTheSamePaths()
+    {
+        using var dir = new TempDirectory();
+        var socket = dir.PathOf("nbd.sock");
+        await using (var daemon = await DaemonProcess.StartAsync(dir, nbd: "unix:" + socket))
+        {
+            (await Tool.RunAsync("qemu-io", "-f", "raw", "-c", "write -P 0x2b 5000 3000", "-c", "flush", daemon.NbdUri)).EnsureSuccess();
+            await daemon.Kill9Async();
+        }
+
+        // SIGKILL leaves both socket files behind; a restart must replace them, not fail with "address in use".
+        Assert.True(File.Exists(socket), "expected the killed daemon's NBD socket file to remain");
+        await using var restarted = await DaemonProcess.StartAsync(dir, nbd: "unix:" + socket);
+        (await Tool.RunAsync("qemu-io", "-f", "raw", "-c", "read -P 0x2b 5000 3000", restarted.NbdUri)).EnsureSuccess();
+        await restarted.StatusJsonAsync();
+
+        await restarted.StopAsync();
+    }
+
     [Theory]
     [InlineData(ChildProcess.SIGTERM)]
     [InlineData(ChildProcess.SIGINT)]
@@ -95,6 +115,66 @@ public sealed class DaemonLifecycleTests
 
         var bytes = TestData.ReadFileRange(daemon.ImagePath, 777777, 300000);
         TestData.AssertBytesEqual(Enumerable.Repeat((byte)0x3d, 300000).ToArray(), bytes, "image after shutdown", 777777);
+    }
+
+    private const string InFlightScript =
+        """
+        import json, os, signal, sys, nbd
+        h = nbd.NBD()
+        h.connect_uri(sys.argv[1])
+        n, count = 1 << 20, 48
+        cookies = []
+        for i in range(count):
+            buf = nbd.Buffer.from_bytearray(bytearray([i + 1]) * n)
+            cookies.append(h.aio_pwrite(buf, i * n, flags=nbd.CMD_FLAG_FUA))
+        # Signal from here, right after queueing: the writes are certainly not all answered yet.
+        os.kill(int(sys.argv[2]), signal.SIGTERM)
+        try:
+            while h.aio_in_flight() > 0:
+                h.poll(-1)
+        except nbd.Error:
+            pass
+        res = []
+        for c in cookies:
+            try:
+                res.append("ok" if h.aio_command_completed(c) else "pending")
+            except nbd.Error as e:
+                res.append(e.errnum if e.errnum is not None else str(e))
+        print(json.dumps({"writes": res}))
+        """;
+
+    /// <summary>
+    /// SIGTERM (sent by the client itself) while 48 FUA writes are queued: however many the daemon answers
+    /// before it exits, every write it acknowledged must be in the image, and a write it refuses must be refused
+    /// with ESHUTDOWN (or cut off by the closing connection), never with another error.
+    /// </summary>
+    [Fact]
+    public async Task Sigterm_WithWritesInFlight_AcknowledgedWritesAreInImage()
+    {
+        const int ESHUTDOWN = 108;
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir, size: "64M");
+        await using var client = await NbdPython.StartAsync(
+            InFlightScript, daemon.NbdUri, daemon.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+
+        var exitCode = await daemon.WaitForExitAsync();
+        Assert.True(exitCode == 0, $"daemon exited with code {exitCode} after SIGTERM\n{daemon.Stderr}");
+        Assert.True(await client.WaitForExitAsync() == 0, $"client failed\n{client.Describe()}");
+        using var json = System.Text.Json.JsonDocument.Parse(client.StdoutLines[^1]);
+        var writes = json.RootElement.GetProperty("writes").EnumerateArray().ToList();
+        Assert.Equal(48, writes.Count);
+        for (var i = 0; i < writes.Count; i++)
+        {
+            if (writes[i].ValueKind == System.Text.Json.JsonValueKind.String && writes[i].GetString() == "ok")
+            {
+                var bytes = TestData.ReadFileRange(daemon.ImagePath, (long)i * TestData.MiB, TestData.MiB);
+                TestData.AssertBytesEqual(Enumerable.Repeat((byte)(i + 1), TestData.MiB).ToArray(), bytes, $"acknowledged write {i} in the image", (long)i * TestData.MiB);
+            }
+            else if (writes[i].ValueKind == System.Text.Json.JsonValueKind.Number)
+            {
+                Assert.True(writes[i].GetInt32() == ESHUTDOWN, $"write {i} failed with errno {writes[i]} during shutdown; expected ESHUTDOWN or a closed connection\n{json.RootElement}");
+            }
+        }
     }
 
     [Theory]

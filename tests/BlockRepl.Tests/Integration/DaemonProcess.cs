@@ -153,6 +153,9 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
         await _child.WaitForExitAsync();
     }
 
+    /// <summary>Waits for the daemon to exit by itself (e.g. a signal sent by a client script); returns its exit code.</summary>
+    public Task<int> WaitForExitAsync() => _child.WaitForExitAsync();
+
     /// <summary>Sends <paramref name="signal"/> (SIGTERM by default), waits for exit, and asserts exit code 0.</summary>
     public async Task StopAsync(int signal = ChildProcess.SIGTERM)
     {

@@ -8,11 +8,12 @@ public sealed class QemuIoTests
 {
     private const int ModelLength = 2 * TestData.MiB;
 
-    // Applied in order; later writes overlap earlier ones on purpose. None is 4 KiB-aligned.
+    // Applied in order; later writes overlap earlier ones on purpose, but every write keeps some of its bytes
+    // in the final content, so a misplaced write cannot hide under a later one. None is 4 KiB-aligned.
     private static readonly (byte Pattern, int Offset, int Length)[] Writes =
     [
-        (0x5a, 4095, 3),          // crosses the 4 KiB boundary; overwritten by the next one
-        (0x11, 1000, 70000),      // 17+ blocks, unaligned at both ends
+        (0x5a, 4095, 3),          // crosses the 4 KiB boundary; its last byte is overwritten by the next one
+        (0x11, 4097, 70000),      // 17+ blocks, unaligned at both ends
         (0x22, 65535, 2),         // inside the previous one, crosses 64 KiB
         (0x33, 131071, 4098),     // crosses 128 KiB and ends one byte past 132 KiB
         (0x44, 1048573, 7),       // crosses 1 MiB
@@ -29,6 +30,14 @@ public sealed class QemuIoTests
         foreach (var (pattern, offset, length) in Writes)
         {
             model.AsSpan(offset, length).Fill(pattern);
+        }
+
+        for (var i = 0; i < Writes.Length; i++)
+        {
+            var (pattern, offset, length) = Writes[i];
+            Assert.True(
+                model.AsSpan(offset, length).Contains(pattern),
+                $"test data: write {i} is entirely overwritten by later ones, so its placement would go unchecked");
         }
 
         var runs = TestData.Runs(model);

@@ -14,7 +14,7 @@ internal sealed record OptionReply(uint Option, uint Type, byte[] Data)
 
 /// <summary>
 /// One transmission reply, simple or structured (all chunks up to the one flagged DONE). For READ, Data
-/// holds the bytes reassembled from OFFSET_DATA/OFFSET_HOLE chunks (offsets relative to the request).
+/// holds the bytes reassembled from OFFSET_DATA/OFFSET_HOLE chunks.
 /// </summary>
 internal sealed record NbdReply(bool Structured, uint Error, ulong Cookie, byte[]? Data, string? ErrorMessage, IReadOnlyList<ushort> ChunkTypes);
 
@@ -45,6 +45,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
     public const uint RepServer = 2;
     public const uint RepInfo = 3;
     public const uint RepErrUnsup = 0x8000_0001;
+    public const uint RepErrUnknown = 0x8000_0006;
 
     public const ushort CmdRead = 0;
     public const ushort CmdWrite = 1;
@@ -55,6 +56,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
 
     public const ushort CmdFlagFua = 1 << 0;
     public const ushort CmdFlagNoHole = 1 << 1;
+    public const ushort CmdFlagDf = 1 << 2;
     public const ushort CmdFlagReqOne = 1 << 3;
     public const ushort CmdFlagFastZero = 1 << 4;
 
@@ -249,6 +251,7 @@ internal sealed class RawNbdClient : IAsyncDisposable
 
         Assert.True(magic == StructuredReplyMagic, $"reply magic 0x{magic:x8} is neither simple nor structured: stream out of sync");
         byte[]? readData = readLength > 0 ? new byte[readLength] : null;
+        var covered = readLength > 0 ? new bool[readLength] : null;
         uint firstError = 0;
         string? message = null;
         List<ushort> chunkTypes = [];
@@ -276,13 +279,13 @@ internal sealed class RawNbdClient : IAsyncDisposable
                 case ChunkOffsetData when readData is not null:
                     // Chunk offsets are export offsets; place the data relative to the request.
                     var dataOffset = BinaryPrimitives.ReadUInt64BigEndian(payload) - readOffset;
-                    Assert.True(dataOffset + (ulong)(payload.Length - 8) <= readLength, "OFFSET_DATA chunk outside the request");
+                    Cover(covered!, dataOffset, payload.Length - 8, readOffset, readLength);
                     payload.AsSpan(8).CopyTo(readData.AsSpan((int)dataOffset));
                     break;
                 case ChunkOffsetHole when readData is not null:
                     var holeOffset = BinaryPrimitives.ReadUInt64BigEndian(payload) - readOffset;
                     var holeLength = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(8));
-                    Assert.True(holeOffset + holeLength <= readLength, "OFFSET_HOLE chunk outside the request");
+                    Cover(covered!, holeOffset, (int)holeLength, readOffset, readLength);
                     readData.AsSpan((int)holeOffset, (int)holeLength).Clear();
                     break;
                 case ChunkError or ChunkErrorOffset:
@@ -307,6 +310,14 @@ internal sealed class RawNbdClient : IAsyncDisposable
             }
         }
 
+        if (firstError == 0 && covered is not null)
+        {
+            // proto.md, NBD_CMD_READ: "When no error is detected, the server MUST send enough data chunks to
+            // cover the entire region described by the offset and length of the client's request."
+            var gap = Array.IndexOf(covered, false);
+            Assert.True(gap < 0, $"successful structured READ at {readOffset}+{readLength} left offset {readOffset + (ulong)gap} uncovered");
+        }
+
         return new NbdReply(true, firstError, expectedCookie, firstError == 0 ? readData : null, message, chunkTypes);
     }
 
@@ -315,6 +326,20 @@ internal sealed class RawNbdClient : IAsyncDisposable
     {
         var cookie = await SendRequestAsync(type, flags, offset, length, payload);
         return await ReadReplyAsync(cookie, type == CmdRead ? length : 0, type == CmdRead ? offset : 0);
+    }
+
+    /// <summary>
+    /// Marks a content chunk's bytes as covered. proto.md: content chunks lie within the request and "MUST NOT
+    /// overlap with the bounds of any earlier content chunk".
+    /// </summary>
+    private static void Cover(bool[] covered, ulong relativeOffset, int length, ulong readOffset, uint readLength)
+    {
+        Assert.True(
+            length > 0 && relativeOffset <= readLength && (ulong)length <= readLength - relativeOffset,
+            $"chunk at {readOffset + relativeOffset} (+{length}) lies outside the READ at {readOffset} (+{readLength})");
+        var span = covered.AsSpan((int)relativeOffset, length);
+        Assert.True(!span.Contains(true), $"chunk at {readOffset + relativeOffset} (+{length}) overlaps an earlier chunk");
+        span.Fill(true);
     }
 
     /// <summary>

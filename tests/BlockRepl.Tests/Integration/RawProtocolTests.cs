@@ -8,6 +8,8 @@ namespace BlockRepl.Tests.Integration;
 /// <summary>
 /// Requests no well-behaved client sends (libnbd refuses them locally), written byte by byte. After each
 /// error the test sends a READ to prove the server consumed exactly the bad request and is still in sync.
+/// Each test closes its connection before stopping the daemon: shutdown with clients attached is
+/// <see cref="DaemonLifecycleTests"/>' subject, not these tests'.
 /// </summary>
 [Collection(DaemonCollection.Name)]
 public sealed class RawProtocolTests
@@ -22,6 +24,7 @@ public sealed class RawProtocolTests
         var flags = await client.ReadGreetingAsync();
 
         Assert.Equal(FlagFixedNewstyle | FlagNoZeroes, flags & (FlagFixedNewstyle | FlagNoZeroes));
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -37,6 +40,7 @@ public sealed class RawProtocolTests
         await client.SendOptionAsync(OptList, ReadOnlyMemory<byte>.Empty);
 
         Assert.True(await client.ServerClosesAsync(), "server answered a client that sent unknown client flags");
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -66,6 +70,30 @@ public sealed class RawProtocolTests
         Assert.Equal(0u, read.Error);
         Assert.NotNull(read.Data);
         TestData.AssertAllZero(read.Data, "first page of a fresh export");
+        await client.DisposeAsync();
+        await daemon.StopAsync();
+    }
+
+    [Fact]
+    public async Task Option_GoUnknownExport_RepliesErrUnknownAndGoForVolumeStillWorks()
+    {
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir);
+        await using var client = await ConnectAsync(daemon);
+        await client.HandshakeAsync();
+
+        var name = Encoding.UTF8.GetBytes("no-such-volume");
+        var data = new byte[4 + name.Length + 2];
+        BinaryPrimitives.WriteUInt32BigEndian(data, (uint)name.Length);
+        name.CopyTo(data, 4);
+        await client.SendOptionAsync(OptGo, data);
+        var reply = await client.ReadOptionReplyAsync();
+
+        Assert.Equal(OptGo, reply.Option);
+        Assert.True(reply.Type == RepErrUnknown, $"GO for an unknown export: reply type 0x{reply.Type:x}, expected NBD_REP_ERR_UNKNOWN (0x{RepErrUnknown:x})");
+        var (size, _) = await client.GoAsync("vol");
+        Assert.Equal(64UL * TestData.MiB, size);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -83,6 +111,7 @@ public sealed class RawProtocolTests
         Assert.Equal(OptAbort, reply.Option);
         Assert.Equal(RepAck, reply.Type);
         Assert.True(await client.ServerClosesAsync(), "server kept the connection open after NBD_OPT_ABORT");
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -111,6 +140,7 @@ public sealed class RawProtocolTests
         }
 
         Assert.Equal(["vol"], names);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -134,6 +164,7 @@ public sealed class RawProtocolTests
         var read = await client.RequestAsync(CmdRead, 0, 4097, (uint)payload.Length);
         Assert.Equal(0u, read.Error);
         TestData.AssertBytesEqual(payload, read.Data, "read after write", 4097);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -151,6 +182,7 @@ public sealed class RawProtocolTests
 
         Assert.True(reply.Error == EINVAL, $"unknown command 0x42: error {reply.Error}, expected EINVAL");
         await AssertStillInSyncAsync(client);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -188,6 +220,7 @@ public sealed class RawProtocolTests
             TestData.AssertAllZero(TestData.ReadFileRange(daemon.ImagePath, 8192, 4096), "refused write's range in the image", 8192);
         }
 
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -203,6 +236,7 @@ public sealed class RawProtocolTests
 
         Assert.True(reply.Error == EINVAL, $"BLOCK_STATUS with no meta context: error {reply.Error}, expected EINVAL");
         await AssertStillInSyncAsync(client);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 
@@ -219,6 +253,33 @@ public sealed class RawProtocolTests
         Assert.True(reply.Structured, "READ error sent as a simple reply although structured replies were negotiated");
         Assert.Equal(EINVAL, reply.Error);
         await AssertStillInSyncAsync(client);
+        await client.DisposeAsync();
+        await daemon.StopAsync();
+    }
+
+    [Fact]
+    public async Task Read_DontFragmentOverDataAndHole_SendsOneDataChunk()
+    {
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir);
+        await using var client = await ConnectAsync(daemon);
+        await client.OpenAsync("vol", structuredReplies: true);
+        var payload = Enumerable.Repeat((byte)0xd1, 4096).ToArray();
+        Assert.Equal(0u, (await client.RequestAsync(CmdWrite, 0, 1 << 20, 4096, payload)).Error);
+
+        // 4 KiB of data followed by 60 KiB of hole; 64 KiB is the size the spec says DF MUST support.
+        var plain = await client.RequestAsync(CmdRead, 0, 1 << 20, 65536);
+        var df = await client.RequestAsync(CmdRead, CmdFlagDf, 1 << 20, 65536);
+
+        Assert.Equal(0u, plain.Error);
+        Assert.Equal(0u, df.Error);
+        Assert.Equal(1, df.ChunkTypes.Count(t => t is ChunkOffsetData or ChunkOffsetHole));
+        Assert.DoesNotContain(ChunkOffsetHole, df.ChunkTypes);
+        var expected = new byte[65536];
+        payload.CopyTo(expected, 0);
+        TestData.AssertBytesEqual(expected, plain.Data, "READ over data and hole", 1 << 20);
+        TestData.AssertBytesEqual(expected, df.Data, "READ with DF over data and hole", 1 << 20);
+        await client.DisposeAsync();
         await daemon.StopAsync();
     }
 

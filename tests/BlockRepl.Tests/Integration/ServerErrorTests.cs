@@ -102,8 +102,11 @@ public sealed class ServerErrorTests
         await daemon.StopAsync();
     }
 
-    [Fact]
-    public async Task Read_17MiB_SucceedsWithWrittenData()
+    /// <summary>17 MiB is above what some servers accept; 32 MiB is the advertised maximum block size.</summary>
+    [Theory]
+    [InlineData(17)]
+    [InlineData(32)]
+    public async Task ReadWrite_LargePayloadUpToMaximum_SucceedsWithWrittenData(int mib)
     {
         using var dir = new TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(dir, size: "64M");
@@ -114,17 +117,20 @@ public sealed class ServerErrorTests
             h = nbd.NBD()
             h.set_strict_mode(0)
             h.connect_uri(sys.argv[1])
-            n, off = 17 << 20, (1 << 20) + 7
+            n, off = int(sys.argv[2]) << 20, (1 << 20) + 7
             data = random.Random(17).randbytes(n)
             h.pwrite(data, off)
             got = h.pread(n, off)
-            print(json.dumps({"length": len(got), "equal": got == data,
-                              "sha256": hashlib.sha256(data).hexdigest()}))
+            h.flush()
+            print(json.dumps({"length": len(got), "equal": got == data, "sha256": hashlib.sha256(data).hexdigest()}))
             """,
-            daemon.NbdUri);
+            daemon.NbdUri,
+            mib.ToString(System.Globalization.CultureInfo.InvariantCulture));
 
-        Assert.Equal(17 * TestData.MiB, result.GetProperty("length").GetInt32());
-        Assert.True(result.GetProperty("equal").GetBoolean(), "17 MiB read returned different bytes than were written");
+        Assert.Equal(mib * TestData.MiB, result.GetProperty("length").GetInt32());
+        Assert.True(result.GetProperty("equal").GetBoolean(), $"{mib} MiB read returned different bytes than were written");
+        var onDisk = TestData.ReadFileRange(daemon.ImagePath, TestData.MiB + 7, mib * TestData.MiB);
+        Assert.Equal(result.GetProperty("sha256").GetString(), Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(onDisk)));
 
         await daemon.StopAsync();
     }
