@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using BlockRepl.Core.Replication;
 
 namespace BlockRepl.Core;
 
@@ -14,7 +15,7 @@ namespace BlockRepl.Core;
 /// Buffer contract: <see cref="Write"/> has consumed <c>data</c> when it returns, even if the returned task
 /// completes later, so the caller may reuse its receive buffer at once.
 /// </remarks>
-public sealed class Volume : IDisposable
+public sealed partial class Volume : IDisposable
 {
     private readonly BlockImage _image;
     private readonly CoalescingFlush _flush;
@@ -25,7 +26,16 @@ public sealed class Volume : IDisposable
     private int _disposed;
     private volatile VolumeRole _role;
     private volatile DiskState _disk;
-    private volatile ConnectionState _connection = ConnectionState.Standalone;
+    private volatile ConnectionState _receiverConnection = ConnectionState.Standalone;
+    private readonly Lock _order = new();
+    private readonly Lock _metaGate = new();
+    private PeerLink? _link;
+    private bool _bumpPending;
+    private bool _bumpKeepsBitmap;
+    private ulong _peerGeneration;
+    private volatile bool _splitBrain;
+    private volatile string? _lastError;
+    private long _lastErrorUnixMs;
 
     private Volume(BlockImage image, VolumeMetadata metadata, string metadataPath)
     {
@@ -35,6 +45,20 @@ public sealed class Volume : IDisposable
         _flush = new CoalescingFlush(image.Flush);
         _role = StateNames.ParseRole(metadata.Role);
         _disk = StateNames.ParseDisk(metadata.Disk);
+
+        // Tracking of what the peer lacks is in memory only (the persistent bitmap is the next issue's work):
+        // whatever bitmap generation the file names, no bitmap survived the restart.
+        metadata.BitmapGeneration = 0;
+        if (_role == VolumeRole.Primary && !metadata.CleanShutdown)
+        {
+            // Killed while serving as primary: writes may have reached this image and never the peer, and no
+            // bitmap names them. A new generation starts at the first write; the next resync is a full one.
+            metadata.NeedsFullSync = true;
+            _bumpPending = true;
+        }
+
+        metadata.CleanShutdown = false;
+        metadata.Save(metadataPath);
     }
 
     public string Name => _metadata.Name;
@@ -51,8 +75,59 @@ public sealed class Volume : IDisposable
 
     public DiskState Disk => _disk;
 
-    /// <summary>Without a peer configured the connection is always standalone.</summary>
-    public ConnectionState Connection => _connection;
+    /// <summary>The connection state of DESIGN.md, from the sending side (a link) or the receiving side.</summary>
+    public ConnectionState Connection
+    {
+        get
+        {
+            if (_splitBrain)
+            {
+                return ConnectionState.SplitBrain;
+            }
+
+            if (_role == VolumeRole.Primary && _link is { } link)
+            {
+                if (!link.Streaming || !link.Accepted)
+                {
+                    return ConnectionState.Connecting;
+                }
+
+                return link.Ahead ? ConnectionState.Ahead : link.ResyncActive ? ConnectionState.SyncSource : ConnectionState.Connected;
+            }
+
+            return _receiverConnection;
+        }
+    }
+
+    /// <summary>The sending side of replication, when a peer is configured.</summary>
+    internal PeerLink? Link => _link;
+
+    public bool HasPeer => _link is not null;
+
+    public ReplicationSnapshot? ReplicationSnapshot => _link?.Snapshot();
+
+    public string? LastError => _lastError;
+
+    public long LastErrorUnixMs => Interlocked.Read(ref _lastErrorUnixMs);
+
+    /// <summary>Records the latest error of this volume for status (one line).</summary>
+    public void ReportError(string message)
+    {
+        _lastError = message;
+        Interlocked.Exchange(ref _lastErrorUnixMs, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+    }
+
+    public GenerationInfo Generations
+    {
+        get
+        {
+            lock (_metaGate)
+            {
+                return new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
+                    _metadata.Fresh, _metadata.NeedsFullSync);
+            }
+        }
+    }
 
     /// <summary>Only a primary accepts writes; front ends export a secondary read-only.</summary>
     public bool IsWritable => _role == VolumeRole.Primary;
@@ -140,30 +215,97 @@ public sealed class Volume : IDisposable
     /// <summary>Counts one read request of <paramref name="bytes"/> bytes in <see cref="Counters"/>.</summary>
     public void CountRead(int bytes) => Counters.Read(bytes);
 
-    /// <summary>Writes <paramref name="data"/>; with <paramref name="fua"/> the task completes when it is durable.</summary>
+    /// <summary>
+    /// Writes <paramref name="data"/>; the task completes when the write is acknowledged by the replication mode
+    /// (with <paramref name="fua"/>: durable locally, and on the peer in sync mode).
+    /// </summary>
     public ValueTask Write(long offset, ReadOnlySpan<byte> data, bool fua)
     {
         EnsureWritable();
-        try
+        var link = _link;
+        if (link is not null && link.MustWait(data.Length))
         {
-            _image.Write(offset, data);
+            // The peer is away under the block policy, or the sync queue is full: copy the data (the caller's
+            // buffer is reused once we return) and enter when the link lets us.
+            var copy = data.ToArray();
+            return WriteAfterWait(link, offset, copy, fua);
         }
-        catch (BlockImageException)
+
+        return WriteNow(offset, data, fua);
+    }
+
+    private async ValueTask WriteAfterWait(PeerLink link, long offset, byte[] copy, bool fua)
+    {
+        await link.WaitToEnterAsync(copy.Length, CancellationToken.None).ConfigureAwait(false);
+        await WriteNow(offset, copy, fua).ConfigureAwait(false);
+    }
+
+    private ValueTask WriteNow(long offset, ReadOnlySpan<byte> data, bool fua)
+    {
+        Task? peer = null;
+        lock (_order)
         {
-            Counters.Error();
-            throw;
+            EnsureWritable();
+            BeforeChangeLocked();
+            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
+            try
+            {
+                _image.Write(offset, data);
+            }
+            catch (BlockImageException)
+            {
+                Counters.Error();
+                throw;
+            }
         }
 
         Counters.Write(data.Length);
-        return fua ? new ValueTask(_flush.FlushAsync()) : ValueTask.CompletedTask;
+        return Acknowledge(peer, fua);
     }
 
     public ValueTask Trim(long offset, long length, bool fua)
     {
         EnsureWritable();
-        RunCounted(() => _image.Trim(offset, length));
+        var link = _link;
+        if (link is not null && link.MustWait(0))
+        {
+            return TrimAfterWait(link, offset, length, fua);
+        }
+
+        return TrimNow(offset, length, fua);
+    }
+
+    private async ValueTask TrimAfterWait(PeerLink link, long offset, long length, bool fua)
+    {
+        await link.WaitToEnterAsync(0, CancellationToken.None).ConfigureAwait(false);
+        await TrimNow(offset, length, fua).ConfigureAwait(false);
+    }
+
+    private ValueTask TrimNow(long offset, long length, bool fua)
+    {
+        Task? peer;
+        lock (_order)
+        {
+            EnsureWritable();
+            BeforeChangeLocked();
+            peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
+            RunCounted(() => _image.Trim(offset, length));
+        }
+
         Counters.Trim();
-        return fua ? new ValueTask(_flush.FlushAsync()) : ValueTask.CompletedTask;
+        return Acknowledge(peer, fua);
+    }
+
+    private ValueTask Acknowledge(Task? peer, bool fua)
+    {
+        var local = fua ? _flush.FlushAsync() : null;
+        return (peer, local) switch
+        {
+            (null, null) => ValueTask.CompletedTask,
+            (null, { } l) => new ValueTask(l),
+            ({ } p, null) => new ValueTask(p),
+            ({ } p, { } l) => new ValueTask(Task.WhenAll(p, l)),
+        };
     }
 
     /// <summary>
@@ -173,28 +315,70 @@ public sealed class Volume : IDisposable
     public ValueTask<bool> Zero(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
     {
         EnsureWritable();
+        var link = _link;
+        if (link is not null && link.MustWait(0))
+        {
+            return ZeroAfterWait(link, offset, length, mayDeallocate, onlyIfFast, fua);
+        }
+
+        return ZeroNow(offset, length, mayDeallocate, onlyIfFast, fua);
+    }
+
+    private async ValueTask<bool> ZeroAfterWait(PeerLink link, long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
+    {
+        await link.WaitToEnterAsync(0, CancellationToken.None).ConfigureAwait(false);
+        return await ZeroNow(offset, length, mayDeallocate, onlyIfFast, fua).ConfigureAwait(false);
+    }
+
+    private ValueTask<bool> ZeroNow(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
+    {
         var done = false;
-        RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
+        Task? peer = null;
+        lock (_order)
+        {
+            EnsureWritable();
+            RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
+            if (done)
+            {
+                BeforeChangeLocked();
+                peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+            }
+        }
+
         if (!done)
         {
             return ValueTask.FromResult(false);
         }
 
         Counters.Zero();
-        return fua ? AwaitThen(_flush.FlushAsync()) : ValueTask.FromResult(true);
+        var ack = Acknowledge(peer, fua);
+        return ack.IsCompletedSuccessfully ? ValueTask.FromResult(true) : AwaitThen(ack);
 
-        static async ValueTask<bool> AwaitThen(Task flush)
+        static async ValueTask<bool> AwaitThen(ValueTask ack)
         {
-            await flush.ConfigureAwait(false);
+            await ack.ConfigureAwait(false);
             return true;
         }
     }
 
-    /// <summary>Completes when every write completed before the call is durable.</summary>
+    /// <summary>
+    /// Completes when every write completed before the call is durable (in sync mode on the peer too; in
+    /// async mode the flush is a barrier in the stream).
+    /// </summary>
     public ValueTask Flush()
     {
         Counters.Flush();
-        return new ValueTask(_flush.FlushAsync());
+        Task? peer = null;
+        if (_link is { } link && IsWritable)
+        {
+            lock (_order)
+            {
+                peer = link.SubmitFlush();
+            }
+        }
+
+        var local = _flush.FlushAsync();
+        return new ValueTask(peer is null ? local : Task.WhenAll(peer, local));
     }
 
     public void Prefetch(long offset, long length) => _image.Prefetch(offset, length);
@@ -219,9 +403,21 @@ public sealed class Volume : IDisposable
         try
         {
             _image.Flush();
+            lock (_metaGate)
+            {
+                // Clean only when nothing is left that the peer may lack and no bitmap would remember.
+                _metadata.CleanShutdown = _role == VolumeRole.Secondary || _link is null || _link.IsDrained || _metadata.NeedsFullSync;
+                if (_role == VolumeRole.Primary && _link is not null && !_link.IsDrained)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                _metadata.Save(_metadataPath);
+            }
         }
         finally
         {
+            _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is closing"));
             _image.Dispose();
         }
     }
@@ -232,6 +428,30 @@ public sealed class Volume : IDisposable
         {
             throw new VolumeReadOnlyException($"volume {Name} is {Role.Name()}: it accepts no writes");
         }
+    }
+
+    /// <summary>
+    /// Called under the ordering lock before every change: the first change after the peer was lost (or after
+    /// a crash) starts a new generation, so the peer can later tell what happened (DRBD waits for the first
+    /// write too, so a primary that only restarted is not taken for a split brain).
+    /// </summary>
+    private void BeforeChangeLocked()
+    {
+        if (!_bumpPending || (_link is { } link && link.Streaming))
+        {
+            return;
+        }
+
+        lock (_metaGate)
+        {
+            var old = _metadata.CurrentGeneration;
+            _metadata.StartGeneration(VolumeMetadata.NewGeneration());
+            _metadata.BitmapGeneration = _bumpKeepsBitmap ? old : 0;
+            _metadata.Save(_metadataPath);
+        }
+
+        _bumpPending = false;
+        _bumpKeepsBitmap = false;
     }
 
     private void RunCounted(Action action)

@@ -45,6 +45,34 @@ public sealed class VolumeMetadata
 
     public const int HistoryLength = 4;
 
+    /// <summary>
+    /// False while a daemon serves the volume; true only after a clean stop that left nothing unshipped. A
+    /// primary that finds it false at start has lost track of what its peer may lack.
+    /// </summary>
+    public bool CleanShutdown { get; set; }
+
+    /// <summary>
+    /// This image may hold writes its peer never received and no bitmap names them (a primary that crashed,
+    /// or was demoted with writes unshipped): the next resync between the pair must be a full one.
+    /// </summary>
+    public bool NeedsFullSync { get; set; }
+
+    /// <summary>Makes <paramref name="generation"/> current, pushing the old current into the history.</summary>
+    public void StartGeneration(ulong generation)
+    {
+        if (CurrentGeneration != 0 && CurrentGeneration != generation)
+        {
+            HistoryGenerations.Remove(CurrentGeneration);
+            HistoryGenerations.Insert(0, CurrentGeneration);
+            if (HistoryGenerations.Count > HistoryLength)
+            {
+                HistoryGenerations.RemoveRange(HistoryLength, HistoryGenerations.Count - HistoryLength);
+            }
+        }
+
+        CurrentGeneration = generation;
+    }
+
     public static VolumeMetadata CreateNew(string name, long sizeBytes, VolumeRole role) => new()
     {
         VolumeUuid = Guid.NewGuid(),

@@ -110,6 +110,22 @@ public sealed class NbdServer : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Ends every current client connection (requests in flight complete; the clients reconnect). Used after a
+    /// role change, so clients see the export's new read-only flag. Returns how many were asked to end.
+    /// </summary>
+    public int DisconnectClients()
+    {
+        var count = 0;
+        foreach (var connection in _connections.Keys)
+        {
+            connection.Stop();
+            count++;
+        }
+
+        return count;
+    }
+
     public void Dispose() => Stop(TimeSpan.FromSeconds(10));
 
     private void AcceptLoop(Socket listener, NbdEndpoint endpoint)

@@ -23,11 +23,12 @@ internal sealed record AdminAddress(string? UnixPath, IPEndPoint? Tcp)
 
     public override string ToString() => UnixPath is not null ? "unix:" + UnixPath : Tcp!.ToString();
 
-    /// <summary>An HTTP client whose every connection goes to this address.</summary>
-    public HttpClient CreateClient(TimeSpan timeout)
-    {
-        var handler = new SocketsHttpHandler
+    /// <summary>A gRPC channel to the daemon's admin service on this address (unix socket or TCP, h2c).</summary>
+    internal BlockRepl.Replication.Grpc.GrpcChannel CreateChannel() =>
+        BlockRepl.Replication.Grpc.GrpcChannel.ForAddress(new Uri("http://blockrepl-admin/"), new BlockRepl.Replication.Grpc.GrpcChannelOptions
         {
+            ConnectTimeout = TimeSpan.FromSeconds(5),
+            MaxReceiveMessageSize = 16 * 1024 * 1024,
             ConnectCallback = async (_, ct) =>
             {
                 var socket = UnixPath is not null
@@ -44,7 +45,5 @@ internal sealed record AdminAddress(string? UnixPath, IPEndPoint? Tcp)
                     throw;
                 }
             },
-        };
-        return new HttpClient(handler) { BaseAddress = new Uri("http://blockrepl-admin/"), Timeout = timeout };
-    }
+        });
 }

@@ -13,7 +13,17 @@ var role = new Option<string?>("--role") { Description = "primary|secondary for 
 var nbd = new Option<string?>("--nbd") { Description = "NBD endpoint: HOST:PORT, unix:PATH or off (default 127.0.0.1:10809)" };
 var admin = new Option<string?>("--admin") { Description = "admin endpoint: unix:PATH or 127.0.0.1:PORT (default unix:DATA_DIR/admin.sock)" };
 
-var serve = new Command("serve", "run the daemon: export the volume over NBD") { config, dataDir, volumeName, image, size, role, nbd, admin };
+var listen = new Option<string?>("--listen") { Description = "replication listen address HOST:PORT, or off (default off)" };
+var peer = new Option<string?>("--peer") { Description = "the peer's replication address http://HOST:PORT (default none: standalone)" };
+var mode = new Option<string?>("--mode") { Description = "sync|async: ack after the peer applied the write, or after the local write (default sync)" };
+var onPeerLoss = new Option<string?>("--on-peer-loss") { Description = "continue|block: go on tracking dirty ranges, or hold writes, while the peer is away (default continue)" };
+var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer silent this long is dead, e.g. 2s (default 2s)" };
+var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
+
+var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
+{
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue,
+};
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
     var fromFile = ServeOptions.Load(result.GetValue(config));
@@ -26,22 +36,48 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         Role = result.GetValue(role) ?? fromFile.Role,
         Nbd = result.GetValue(nbd) ?? fromFile.Nbd,
         Admin = result.GetValue(admin) ?? fromFile.Admin,
+        Listen = result.GetValue(listen) ?? fromFile.Listen,
+        Peer = result.GetValue(peer) ?? fromFile.Peer,
+        Mode = result.GetValue(mode) ?? fromFile.Mode,
+        OnPeerLoss = result.GetValue(onPeerLoss) ?? fromFile.OnPeerLoss,
+        PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
+        SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
     };
     return await ServeCommand.RunAsync(options, ct).ConfigureAwait(false);
 }));
 
-var statusAdmin = new Option<string?>("--admin") { Description = "admin endpoint of the daemon (default unix:DATA_DIR/admin.sock)" };
-var statusDataDir = new Option<string?>("--data-dir") { Description = "the daemon's data dir, to find its admin socket" };
-var json = new Option<bool>("--json") { Description = "print the status as JSON" };
-var status = new Command("status", "show the volumes of a running daemon") { statusAdmin, statusDataDir, json };
-status.SetAction((result, ct) => Cli.Run(() =>
+Command AdminVerb(string name, string description, Func<AdminAddress, string?, ParseResult, CancellationToken, Task<int>> run, params Option[] extra)
 {
-    var address = AdminAddress.Parse(result.GetValue(statusAdmin) ?? ServeOptions.DefaultAdmin(result.GetValue(statusDataDir) ?? "./data"));
-    return StatusCommand.RunAsync(address, result.GetValue(json), ct);
-}));
+    var adminOption = new Option<string?>("--admin") { Description = "admin endpoint of the daemon (default unix:DATA_DIR/admin.sock)" };
+    var dataDirOption = new Option<string?>("--data-dir") { Description = "the daemon's data dir, to find its admin socket" };
+    var volumeOption = new Option<string?>("--volume") { Description = "the volume (default: the daemon's only volume)" };
+    var command = new Command(name, description) { adminOption, dataDirOption, volumeOption };
+    foreach (var option in extra)
+    {
+        command.Options.Add(option);
+    }
+
+    command.SetAction((result, ct) => Cli.Run(() =>
+    {
+        var address = AdminAddress.Parse(result.GetValue(adminOption) ?? ServeOptions.DefaultAdmin(result.GetValue(dataDirOption) ?? "./data"));
+        return run(address, result.GetValue(volumeOption), result, ct);
+    }));
+    return command;
+}
+
+var json = new Option<bool>("--json") { Description = "print the status as JSON" };
+var force = new Option<bool>("--force") { Description = "promote even when the peer is a connected primary or the local disk is not uptodate" };
+var status = AdminVerb("status", "show the volumes of a running daemon",
+    (a, v, r, ct) => AdminCommands.StatusAsync(a, v, r.GetValue(json), ct), json);
+var promote = AdminVerb("promote", "make this node's volume primary (failover or planned switchover)",
+    (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);
+var demote = AdminVerb("demote", "make this node's volume secondary: ship what is queued, close clients",
+    (a, v, r, ct) => AdminCommands.DemoteAsync(a, v, ct));
 
 root.Subcommands.Add(serve);
 root.Subcommands.Add(status);
+root.Subcommands.Add(promote);
+root.Subcommands.Add(demote);
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
 
 internal static class Cli

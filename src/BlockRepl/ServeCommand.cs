@@ -1,19 +1,21 @@
+using System.Net;
 using System.Net.Sockets;
 using BlockRepl.Core;
 using BlockRepl.Nbd;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.Service;
+using BlockRepl.Replication.V1;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace BlockRepl;
 
-/// <summary>
-/// <c>blockrepl serve</c>: opens the volume, exports it over NBD, serves the admin endpoint, and on
-/// SIGINT/SIGTERM stops accepting, finishes in-flight requests, flushes and exits 0.
-/// </summary>
 internal static class ServeCommand
 {
     private static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(30);
@@ -21,6 +23,7 @@ internal static class ServeCommand
     public static async Task<int> RunAsync(ServeOptions options, CancellationToken cancellationToken)
     {
         var volumeOptions = options.ToVolumeOptions();
+        var replication = options.ToReplicationOptions();
         NbdEndpoint? nbdEndpoint = null;
         if (!string.Equals(options.Nbd, "off", StringComparison.Ordinal))
         {
@@ -47,8 +50,13 @@ internal static class ServeCommand
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = DrainTimeout + TimeSpan.FromSeconds(5));
+        builder.Services.Configure<GrpcServerOptions>(o => o.MaxReceiveMessageSize = ReplicationSettings.MaxMessageBytes);
         builder.WebHost.ConfigureKestrel(k =>
         {
+            k.Limits.MaxRequestBodySize = null;
+            k.Limits.MinRequestBodyDataRate = null;
+            k.Limits.Http2.KeepAlivePingDelay = replication.PeerTimeout;
+            k.Limits.Http2.KeepAlivePingTimeout = replication.PeerTimeout;
             if (admin.UnixPath is not null)
             {
                 if (File.Exists(admin.UnixPath))
@@ -56,17 +64,23 @@ internal static class ServeCommand
                     File.Delete(admin.UnixPath); // a stale socket of a daemon that was killed
                 }
 
-                k.ListenUnixSocket(admin.UnixPath);
+                k.ListenUnixSocket(admin.UnixPath, l => l.Protocols = HttpProtocols.Http2);
             }
             else
             {
-                k.Listen(admin.Tcp!);
+                k.Listen(admin.Tcp!, l => l.Protocols = HttpProtocols.Http2);
+            }
+
+            if (replication.Listen is not null)
+            {
+                k.Listen(replication.Listen, l => l.Protocols = HttpProtocols.Http2);
             }
         });
 
         var app = builder.Build();
         await using var appScope = app.ConfigureAwait(false);
-        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("blockrepl");
+        var loggers = app.Services.GetRequiredService<ILoggerFactory>();
+        var log = loggers.CreateLogger("blockrepl");
 
         Volume volume;
         try
@@ -79,12 +93,14 @@ internal static class ServeCommand
         }
 
         using var volumeScope = volume;
+        if (replication.Peer is not null || replication.Listen is not null)
+        {
+            volume.AttachPeer(replication.Mode, replication.OnPeerLoss, replication.SendQueueBytes);
+        }
+
         DaemonLog.VolumeOpened(log, volume.Name, volume.Size, volume.ImagePath, volume.Role.Name(), volume.Disk.Name());
 
-        var startedAt = DateTimeOffset.UtcNow;
-        app.MapGet("/v1/status", () => Results.Json(StatusReport.Capture([volume], startedAt), StatusJsonContext.Default.StatusReport));
-
-        using var nbd = new NbdServer([new NbdExport(volume, $"blockrepl volume {volume.Name}")], app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("nbd"));
+        using var nbd = new NbdServer([new NbdExport(volume, $"blockrepl volume {volume.Name}")], loggers.CreateLogger("nbd"));
         if (nbdEndpoint is not null)
         {
             try
@@ -97,16 +113,41 @@ internal static class ServeCommand
             }
         }
 
+        var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout };
+        var replLog = loggers.CreateLogger("replication");
+        var volumes = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
+        var replica = new ReplicaService(volumes, settings, replLog);
+        var adminService = new AdminService(
+            [new AdminVolume(volume, replication.Peer?.ToString(), nbd.DisconnectClients)],
+            replica, replication.Listen?.Port == 0 ? null : replication.Listen?.Port, DateTimeOffset.UtcNow, replLog);
+        if (replication.Listen is not null)
+        {
+            app.MapGrpcDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, replica.ReplicateAsync);
+        }
+
+        app.MapGrpcUnary<StatusRequest, StatusReply>(AdminService.StatusPath, adminService.StatusAsync);
+        app.MapGrpcUnary<PromoteRequest, PromoteReply>(AdminService.PromotePath, adminService.PromoteAsync);
+        app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
+
         try
         {
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (IOException ex)
         {
-            throw new UserError($"cannot listen for admin on {admin}: {ex.Message}");
+            throw new UserError($"cannot listen on {admin}{(replication.Listen is null ? "" : " or " + replication.Listen)}: {ex.Message}");
         }
 
         DaemonLog.AdminListening(log, admin.ToString());
+        var listenText = replication.Listen is null ? null : BoundReplicationAddress(app, replication.Listen);
+
+        PeerConnector? connector = null;
+        if (replication.Peer is not null)
+        {
+            connector = new PeerConnector(volume, replication.Peer, settings, replLog, _ => nbd.DisconnectClients());
+            connector.Start();
+        }
+
         app.Lifetime.ApplicationStopping.Register(() =>
         {
             DaemonLog.ShuttingDown(log);
@@ -117,12 +158,20 @@ internal static class ServeCommand
         });
 
         var nbdUri = nbd.BoundEndpoints.Count == 0 ? "off" : NbdUri(nbd.BoundEndpoints[0], volume.Name);
-        Console.Out.WriteLine($"blockrepl: ready volume={volume.Name} nbd={nbdUri} admin={admin}");
+        var extra = (listenText is null ? "" : $" listen={listenText}") + (replication.Peer is null ? "" : $" peer={replication.Peer}");
+        Console.Out.WriteLine($"blockrepl: ready volume={volume.Name} nbd={nbdUri} admin={admin}{extra}");
         Console.Out.Flush();
 
         await app.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
         nbd.Stop(DrainTimeout); // idempotent; covers a shutdown that did not come through the host
-        volume.Dispose();       // fdatasync
+        if (connector is not null)
+        {
+            await WaitForDrainAsync(volume, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            await connector.DisposeAsync().ConfigureAwait(false);
+        }
+
+        replica.CancelAll();
+        volume.Dispose();       // fdatasync; records whether the stop was clean
         DaemonLog.VolumeClosed(log, volume.Name);
         if (admin.UnixPath is not null && File.Exists(admin.UnixPath))
         {
@@ -132,10 +181,39 @@ internal static class ServeCommand
         return 0;
     }
 
+    /// <summary>A primary that stops gives its peer a moment to acknowledge what is in flight.</summary>
+    private static async Task WaitForDrainAsync(Volume volume, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (volume.Role == Core.VolumeRole.Primary && volume.IsStreaming && !volume.IsReplicationDrained && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+    }
+
+    private static string BoundReplicationAddress(WebApplication app, IPEndPoint requested)
+    {
+        if (requested.Port != 0)
+        {
+            return requested.ToString();
+        }
+
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses ?? [];
+        foreach (var address in addresses)
+        {
+            if (Uri.TryCreate(address, UriKind.Absolute, out var uri) && uri.Scheme == "http" && IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && ip.Equals(requested.Address))
+            {
+                return new IPEndPoint(ip, uri.Port).ToString();
+            }
+        }
+
+        return requested.ToString();
+    }
+
     public static string NbdUri(NbdEndpoint endpoint, string export) => endpoint.EndPoint switch
     {
         UnixDomainSocketEndPoint unix => $"nbd+unix:///{export}?socket={unix}",
-        System.Net.IPEndPoint ip => $"nbd://{ip}/{export}",
+        IPEndPoint ip => $"nbd://{ip}/{export}",
         _ => endpoint.ToString(),
     };
 }

@@ -25,6 +25,22 @@ internal sealed record ServeOptions
 
     public string? Admin { get; init; }
 
+    /// <summary>Replication listen address (HOST:PORT), or null/"off" for none.</summary>
+    public string? Listen { get; init; }
+
+    /// <summary>The peer's replication address (http://HOST:PORT), or null for a standalone volume.</summary>
+    public string? Peer { get; init; }
+
+    public string Mode { get; init; } = "sync";
+
+    public string OnPeerLoss { get; init; } = "continue";
+
+    /// <summary>A peer silent this long is dead (default 2s).</summary>
+    public string PeerTimeout { get; init; } = "2s";
+
+    /// <summary>Bound of the send queue (async: past it the link goes ahead; sync: writers wait). Default 64M.</summary>
+    public string SendQueue { get; init; } = "64M";
+
     public static ServeOptions Load(string? configPath)
     {
         if (configPath is null)
@@ -54,6 +70,73 @@ internal sealed record ServeOptions
 
     public static string DefaultAdmin(string dataDir) => "unix:" + Path.GetFullPath(Path.Combine(dataDir, "admin.sock"));
 
+    public ReplicationOptions ToReplicationOptions()
+    {
+        System.Net.IPEndPoint? listen = null;
+        if (Listen is not null && Listen != "off")
+        {
+            if (!System.Net.IPEndPoint.TryParse(Listen, out listen) || !Listen.Contains(':', StringComparison.Ordinal))
+            {
+                throw new UserError($"--listen '{Listen}' is not HOST:PORT (e.g. 127.0.0.1:7800)");
+            }
+        }
+
+        Uri? peer = null;
+        if (Peer is not null && Peer != "off")
+        {
+            if (!Uri.TryCreate(Peer, UriKind.Absolute, out peer) || peer.Scheme != Uri.UriSchemeHttp || peer.Port <= 0 || peer.AbsolutePath != "/")
+            {
+                throw new UserError($"--peer '{Peer}' is not http://HOST:PORT (e.g. http://10.0.0.2:7800)");
+            }
+        }
+
+        var mode = Mode switch
+        {
+            "sync" => Core.Replication.ReplicationMode.Sync,
+            "async" => Core.Replication.ReplicationMode.Async,
+            _ => throw new UserError($"--mode '{Mode}': expected sync or async"),
+        };
+        var onPeerLoss = OnPeerLoss switch
+        {
+            "continue" => Core.Replication.PeerLossPolicy.Continue,
+            "block" => Core.Replication.PeerLossPolicy.Block,
+            _ => throw new UserError($"--on-peer-loss '{OnPeerLoss}': expected continue or block"),
+        };
+        var timeout = ParseDuration(PeerTimeout, "--peer-timeout");
+        long queue;
+        try
+        {
+            queue = ByteSize.Parse(SendQueue);
+        }
+        catch (FormatException ex)
+        {
+            throw new UserError($"--send-queue: {ex.Message}");
+        }
+
+        if (queue < 2L * 1024 * 1024)
+        {
+            throw new UserError($"--send-queue {SendQueue} is too small: at least 2M");
+        }
+
+        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue);
+    }
+
+    private static TimeSpan ParseDuration(string text, string flag)
+    {
+        var units = new (string Suffix, double Ms)[] { ("ms", 1), ("s", 1000), ("m", 60000) };
+        foreach (var (suffix, ms) in units)
+        {
+            if (text.EndsWith(suffix, StringComparison.Ordinal)
+                && double.TryParse(text[..^suffix.Length], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value)
+                && value > 0 && value * ms >= 100 && value * ms <= 600_000)
+            {
+                return TimeSpan.FromMilliseconds(value * ms);
+            }
+        }
+
+        throw new UserError($"{flag} '{text}' is not a duration between 100ms and 10m (e.g. 2s, 500ms)");
+    }
+
     public VolumeOptions ToVolumeOptions()
     {
         long size = 0;
@@ -82,6 +165,15 @@ internal sealed record ServeOptions
         return new VolumeOptions { Name = Volume, ImagePath = ImagePath, SizeBytes = size, InitialRole = role };
     }
 }
+
+/// <summary>The replication flags, validated.</summary>
+internal sealed record ReplicationOptions(
+    System.Net.IPEndPoint? Listen,
+    Uri? Peer,
+    Core.Replication.ReplicationMode Mode,
+    Core.Replication.PeerLossPolicy OnPeerLoss,
+    TimeSpan PeerTimeout,
+    long SendQueueBytes);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip,
     AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow)]

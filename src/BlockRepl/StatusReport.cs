@@ -1,48 +1,82 @@
 using System.Text.Json.Serialization;
-using BlockRepl.Core;
+using BlockRepl.Replication.Service;
+using BlockRepl.Replication.V1;
 
 namespace BlockRepl;
 
 /// <summary>
-/// What <c>blockrepl status --json</c> prints. Field names and the state words (role, disk, connection)
-/// are a stable interface for scripts.
+/// `blockrepl status --json`: the Admin service's StatusReply with states as the exact lowercase words of
+/// DESIGN.md and camelCase names, so scripts can rely on them.
 /// </summary>
-internal sealed record StatusReport(string Version, int Pid, DateTimeOffset StartedAt, IReadOnlyList<VolumeStatus> Volumes)
+internal sealed record StatusReport(string Version, int Pid, DateTimeOffset StartedAt, IReadOnlyList<VolumeReport> Volumes)
 {
-    public static StatusReport Capture(IEnumerable<Volume> volumes, DateTimeOffset startedAt) => new(
-        typeof(StatusReport).Assembly.GetName().Version?.ToString() ?? "0",
-        Environment.ProcessId,
-        startedAt,
-        [.. volumes.Select(VolumeStatus.Capture)]);
+    public static StatusReport From(StatusReply reply) => new(
+        reply.DaemonVersion,
+        reply.Pid,
+        DateTimeOffset.FromUnixTimeMilliseconds(reply.StartedUnixMs),
+        [.. reply.Volumes.Select(VolumeReport.From)]);
 }
 
-internal sealed record VolumeStatus(
+internal sealed record VolumeReport(
     string Name,
-    Guid VolumeUuid,
+    string VolumeUuid,
     long SizeBytes,
     string Image,
     string Role,
     string Disk,
     string Connection,
-    IReadOnlyList<ClientStatus> Clients,
-    CounterStatus Counters)
+    string Mode,
+    string? Peer,
+    IReadOnlyList<ClientReport> Clients,
+    CounterReport Counters,
+    ReplicationReport? Replication,
+    WireReport? Wire,
+    ResyncReport? Resync,
+    long DirtyBytes,
+    string? LastError,
+    DateTimeOffset? LastErrorAt,
+    GenerationReport Generations,
+    MissingReport? KnownMissing)
 {
-    public static VolumeStatus Capture(Volume v) => new(
+    public static VolumeReport From(VolumeStatus v) => new(
         v.Name,
-        v.VolumeUuid,
-        v.Size,
-        v.ImagePath,
-        v.Role.Name(),
-        v.Disk.Name(),
-        v.Connection.Name(),
-        [.. v.Clients.Select(c => new ClientStatus(c.FrontEnd, c.Remote, c.Since))],
-        new CounterStatus(v.Counters.Reads, v.Counters.Writes, v.Counters.Flushes, v.Counters.Trims, v.Counters.Zeroes,
-            v.Counters.BytesRead, v.Counters.BytesWritten, v.Counters.Errors));
+        v.Uuid,
+        (long)v.SizeBytes,
+        v.Image,
+        WireStates.Word(v.Role),
+        WireStates.Word(v.Disk),
+        WireStates.Word(v.Connection),
+        WireStates.Word(v.Mode),
+        v.Peer.Length == 0 ? null : v.Peer,
+        [.. v.Clients.Select(c => new ClientReport(c.FrontEnd, c.Remote, DateTimeOffset.FromUnixTimeMilliseconds(c.SinceUnixMs)))],
+        new CounterReport((long)v.Counters.Reads, (long)v.Counters.Writes, (long)v.Counters.Flushes, (long)v.Counters.Trims,
+            (long)v.Counters.Zeroes, (long)v.Counters.BytesRead, (long)v.Counters.BytesWritten, (long)v.Counters.Errors),
+        v.Lag is { } l ? new ReplicationReport(l.LastSeq, l.ReceivedSeq, l.AppliedSeq, l.DurableSeq, (long)l.QueuedRecords, (long)l.QueuedBytes, (long)l.OldestUnackedUs) : null,
+        v.Wire is { } w ? new WireReport((long)w.PayloadBytes, (long)w.WireBytes, (long)w.Batches, (long)w.Records,
+            w.PayloadBytes == 0 ? 0 : Math.Round((double)w.WireBytes / w.PayloadBytes, 4)) : null,
+        v.Resync is { } r ? new ResyncReport((long)r.TotalBytes, (long)r.DoneBytes, (long)r.BytesPerSecond, (long)r.EtaSeconds, r.Full) : null,
+        (long)v.DirtyBytes,
+        v.LastError.Length == 0 ? null : v.LastError,
+        v.LastErrorUnixMs == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(v.LastErrorUnixMs),
+        new GenerationReport(Hex(v.CurrentGeneration), Hex(v.BitmapGeneration), [.. v.HistoryGenerations.Select(Hex)]),
+        v.Role == VolumeRole.Secondary ? new MissingReport((long)v.KnownMissingRecords, (long)v.KnownMissingBytes) : null);
+
+    private static string Hex(ulong g) => g.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
 }
 
-internal sealed record ClientStatus(string FrontEnd, string Remote, DateTimeOffset Since);
+internal sealed record ClientReport(string FrontEnd, string Remote, DateTimeOffset Since);
 
-internal sealed record CounterStatus(long Reads, long Writes, long Flushes, long Trims, long Zeroes, long BytesRead, long BytesWritten, long Errors);
+internal sealed record CounterReport(long Reads, long Writes, long Flushes, long Trims, long Zeroes, long BytesRead, long BytesWritten, long Errors);
+
+internal sealed record ReplicationReport(ulong LastSeq, ulong ReceivedSeq, ulong AppliedSeq, ulong DurableSeq, long QueuedRecords, long QueuedBytes, long OldestUnackedUs);
+
+internal sealed record WireReport(long PayloadBytes, long WireBytes, long Batches, long Records, double WireToPayload);
+
+internal sealed record ResyncReport(long TotalBytes, long DoneBytes, long BytesPerSecond, long EtaSeconds, bool Full);
+
+internal sealed record GenerationReport(string Current, string Bitmap, IReadOnlyList<string> History);
+
+internal sealed record MissingReport(long Records, long Bytes);
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(StatusReport))]

@@ -48,6 +48,11 @@ internal sealed class GrpcChannel : IDisposable
             AllowAutoRedirect = false,
             AutomaticDecompression = DecompressionMethods.None,
         };
+        if (options.ConnectCallback is { } connect)
+        {
+            handler.ConnectCallback = connect;
+        }
+
         return new GrpcChannel(address, options, new HttpMessageInvoker(handler, disposeHandler: true));
     }
 

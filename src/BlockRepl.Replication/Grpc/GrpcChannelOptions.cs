@@ -17,4 +17,7 @@ internal sealed class GrpcChannelOptions
 
     /// <summary>How long a PING may stay unanswered before the connection is closed.</summary>
     public TimeSpan KeepAlivePingTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
+    /// <summary>Opens the transport instead of a TCP connection to the address (e.g. a unix socket).</summary>
+    public Func<SocketsHttpConnectionContext, CancellationToken, ValueTask<Stream>>? ConnectCallback { get; set; }
 }

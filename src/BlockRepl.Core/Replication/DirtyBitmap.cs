@@ -1,0 +1,164 @@
+using System.Numerics;
+
+namespace BlockRepl.Core.Replication;
+
+/// <summary>
+/// What may differ between this node's image and its peer's: one bit per <see cref="ChunkSize"/> bytes.
+/// </summary>
+/// <remarks>
+/// 4 KiB per bit, as DRBD: a 4 KiB random write dirties exactly one chunk, so a resync after a short outage
+/// sends what was written and nothing more; the cost is 32 KiB of memory per GiB of volume. Not thread-safe:
+/// <see cref="PeerLink"/> guards it with its lock. Kept in memory only (a restart loses it and the generations
+/// force a full resync instead); persistence is the activity-log/bitmap work of the next issue.
+/// </remarks>
+public sealed class DirtyBitmap
+{
+    public const int ChunkShift = 12;
+    public const int ChunkSize = 1 << ChunkShift;
+
+    private readonly ulong[] _words;
+    private readonly long _chunks;
+    private readonly long _sizeBytes;
+    private long _dirty;
+
+    public DirtyBitmap(long sizeBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(sizeBytes);
+        _sizeBytes = sizeBytes;
+        _chunks = (sizeBytes + ChunkSize - 1) >> ChunkShift;
+        _words = new ulong[(_chunks + 63) >> 6];
+    }
+
+    public long DirtyChunks => _dirty;
+
+    /// <summary>Bytes the dirty chunks cover (the last chunk counted only up to the volume's end).</summary>
+    public long DirtyBytes
+    {
+        get
+        {
+            if (_dirty == 0)
+            {
+                return 0;
+            }
+
+            var bytes = _dirty << ChunkShift;
+            var tail = _sizeBytes & (ChunkSize - 1);
+            if (tail != 0 && IsSet(_chunks - 1))
+            {
+                bytes -= ChunkSize - tail;
+            }
+
+            return bytes;
+        }
+    }
+
+    public bool IsEmpty => _dirty == 0;
+
+    /// <summary>Marks every chunk that <c>[offset, offset+length)</c> touches.</summary>
+    public void Mark(long offset, long length)
+    {
+        if (length <= 0 || offset >= _sizeBytes)
+        {
+            return;
+        }
+
+        var end = Math.Min(_sizeBytes, offset + length);
+        var first = offset >> ChunkShift;
+        var last = (end - 1) >> ChunkShift;
+        for (var chunk = first; chunk <= last; chunk++)
+        {
+            ref var word = ref _words[chunk >> 6];
+            var bit = 1UL << (int)(chunk & 63);
+            if ((word & bit) == 0)
+            {
+                word |= bit;
+                _dirty++;
+            }
+        }
+    }
+
+    public void MarkAll()
+    {
+        Array.Fill(_words, ulong.MaxValue);
+        var spare = (int)((_words.Length << 6) - _chunks);
+        if (spare > 0)
+        {
+            _words[^1] = ulong.MaxValue >> spare;
+        }
+
+        _dirty = _chunks;
+    }
+
+    public void Clear()
+    {
+        Array.Clear(_words);
+        _dirty = 0;
+    }
+
+    public bool IsSet(long chunk) => (_words[chunk >> 6] & (1UL << (int)(chunk & 63))) != 0;
+
+    /// <summary>
+    /// Finds the first dirty chunk at or after <paramref name="fromOffset"/> (wrapping to the start once), takes
+    /// the run of dirty chunks that follows it, at most <paramref name="maxBytes"/>, clears those bits and
+    /// returns the byte range they cover. False when the bitmap is clean.
+    /// </summary>
+    public bool TakeRun(long fromOffset, int maxBytes, out long offset, out int length)
+    {
+        offset = 0;
+        length = 0;
+        if (_dirty == 0)
+        {
+            return false;
+        }
+
+        var start = FindSet(Math.Clamp(fromOffset >> ChunkShift, 0, _chunks));
+        if (start < 0)
+        {
+            start = FindSet(0);
+        }
+
+        if (start < 0)
+        {
+            return false;
+        }
+
+        var maxChunks = Math.Max(1, maxBytes >> ChunkShift);
+        var chunk = start;
+        while (chunk < _chunks && chunk - start < maxChunks && IsSet(chunk))
+        {
+            _words[chunk >> 6] &= ~(1UL << (int)(chunk & 63));
+            _dirty--;
+            chunk++;
+        }
+
+        offset = start << ChunkShift;
+        length = (int)(Math.Min(_sizeBytes, chunk << ChunkShift) - offset);
+        return true;
+    }
+
+    private long FindSet(long fromChunk)
+    {
+        if (fromChunk >= _chunks)
+        {
+            return -1;
+        }
+
+        var index = (int)(fromChunk >> 6);
+        var word = _words[index] & (ulong.MaxValue << (int)(fromChunk & 63));
+        while (true)
+        {
+            if (word != 0)
+            {
+                var chunk = ((long)index << 6) + BitOperations.TrailingZeroCount(word);
+                return chunk < _chunks ? chunk : -1;
+            }
+
+            if (++index >= _words.Length)
+            {
+                return -1;
+            }
+
+            word = _words[index];
+        }
+    }
+}

@@ -1,0 +1,809 @@
+using System.Buffers;
+using System.Diagnostics;
+using BlockRepl.Core.Journal;
+
+namespace BlockRepl.Core.Replication;
+
+/// <summary>How the primary acknowledges writes (DESIGN.md, "The write path").</summary>
+public enum ReplicationMode
+{
+    /// <summary>After the local write and the peer's apply (durable on both for FUA and flushes).</summary>
+    Sync,
+
+    /// <summary>After the local write; records wait in a bounded queue, and the link goes ahead when it is full.</summary>
+    Async,
+}
+
+/// <summary>What the primary does with writes while its peer is away.</summary>
+public enum PeerLossPolicy
+{
+    /// <summary>Go on locally and track the written ranges in the dirty bitmap.</summary>
+    Continue,
+
+    /// <summary>Hold writes until the peer is back and has everything.</summary>
+    Block,
+}
+
+/// <summary>A resync boundary in the stream: the receiver is inconsistent between Begin and End.</summary>
+/// <param name="Begin">True for the start of a resync, false for its end.</param>
+/// <param name="TotalBytes">Bytes the resync covers (Begin only).</param>
+/// <param name="Full">A full sync rather than a bitmap resync.</param>
+/// <param name="Generation">At End: the sender's current generation, which the receiver adopts.</param>
+internal sealed record LinkMarker(bool Begin, long TotalBytes, bool Full, ulong Generation);
+
+/// <summary>One record waiting to go out, or a marker.</summary>
+internal sealed class LinkItem
+{
+    public JournalRecordHeader Header;
+    public byte[]? Payload;
+    public long EnqueuedAt;
+    public LinkMarker? Marker;
+}
+
+/// <summary>What <see cref="PeerLink.TakeAsync"/> produced.</summary>
+internal readonly record struct LinkTake(int Records, long PayloadBytes, LinkMarker? Marker, bool Idle, ulong LastSeq, long UnsentBytes);
+
+/// <summary>Replication state of one volume on its sending side, as seen by front ends, shipper and status.</summary>
+public readonly record struct ReplicationSnapshot(
+    ulong LastSeq,
+    ulong ReceivedSeq,
+    ulong AppliedSeq,
+    ulong DurableSeq,
+    long QueuedRecords,
+    long QueuedBytes,
+    long OldestUnackedMicroseconds,
+    long DirtyBytes,
+    long PayloadBytes,
+    long WireBytes,
+    long Batches,
+    long Records,
+    bool ResyncActive,
+    long ResyncTotalBytes,
+    long ResyncDoneBytes,
+    bool ResyncFull,
+    double ResyncElapsedSeconds);
+
+/// <summary>
+/// The primary's side of one peer: sequence numbers, the bounded send queue, sent-but-not-durable records,
+/// the dirty bitmap, the acknowledgement waiters of sync mode and the ahead state of async mode.
+/// </summary>
+/// <remarks>
+/// The invariant that makes every resync exact: every range that may differ on the peer is either dirty in
+/// the bitmap or covered by a record that is queued or sent and not yet acknowledged durable. When a stream
+/// ends, queued and unacknowledged records fall back into the bitmap (<see cref="CloseStream"/>); a bit
+/// clears only when the resync hands its range to a record (<see cref="TakeResyncRun"/>). Everything here is
+/// guarded by one lock; the volume calls the Submit methods under its own ordering lock, so the order of
+/// sequence numbers is the order of the local writes.
+/// </remarks>
+internal sealed class PeerLink
+{
+    /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
+    public const int MaxRecordPayload = 1024 * 1024;
+
+    private readonly Lock _gate = new();
+    private readonly Queue<LinkItem> _queue = new();
+    private readonly Queue<(ulong Seq, long Offset, long Length, long EnqueuedAt, long Bytes)> _unacked = new();
+    private readonly Queue<(ulong Seq, TaskCompletionSource Done)> _appliedWaiters = new();
+    private readonly Queue<(ulong Seq, TaskCompletionSource Done)> _durableWaiters = new();
+    private readonly List<TaskCompletionSource> _blocked = [];
+    private readonly List<TaskCompletionSource> _spaceWaiters = [];
+    private readonly List<TaskCompletionSource> _streamWaiters = [];
+    private readonly DirtyBitmap _bitmap;
+    private TaskCompletionSource? _shipperWake;
+    private ulong _nextSeq = 1;
+    private ulong _received;
+    private ulong _applied;
+    private ulong _durable;
+    private ulong _lastSent;
+    private long _queuedBytes;
+    private bool _streaming;
+    private bool _accepted;
+    private bool _ahead;
+    private ulong _releaseBlockedAt;
+    private long _payloadBytes;
+    private long _wireBytes;
+    private long _batches;
+    private long _records;
+    private bool _resyncActive;
+    private bool _resyncFull;
+    private long _resyncTotal;
+    private long _resyncDone;
+    private long _resyncStarted;
+    private long _resyncCursor;
+
+    public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, 2L * MaxRecordPayload);
+        _bitmap = new DirtyBitmap(sizeBytes);
+        Mode = mode;
+        OnPeerLoss = onPeerLoss;
+        MaxQueueBytes = maxQueueBytes;
+    }
+
+    public ReplicationMode Mode { get; }
+
+    public PeerLossPolicy OnPeerLoss { get; }
+
+    public long MaxQueueBytes { get; }
+
+    public bool Streaming
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _streaming;
+            }
+        }
+    }
+
+    public bool Ahead
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _ahead;
+            }
+        }
+    }
+
+    public bool ResyncActive
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _resyncActive;
+            }
+        }
+    }
+
+    public bool Accepted
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _accepted;
+            }
+        }
+    }
+
+    /// <summary>
+    /// True when a front-end request must wait before it may enter the volume: the peer is away under the
+    /// block policy, or (sync mode) the queue is over its bound. The caller then awaits <see cref="WaitToEnterAsync"/>.
+    /// </summary>
+    public bool MustWait(long bytes)
+    {
+        lock (_gate)
+        {
+            return MustWaitLocked(bytes);
+        }
+    }
+
+    public Task WaitToEnterAsync(long bytes, CancellationToken cancellationToken)
+    {
+        lock (_gate)
+        {
+            if (!MustWaitLocked(bytes))
+            {
+                return Task.CompletedTask;
+            }
+
+            var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            (_streaming ? _spaceWaiters : _streamWaiters).Add(tcs);
+            return tcs.Task.WaitAsync(cancellationToken);
+        }
+    }
+
+    private bool MustWaitLocked(long bytes) =>
+        (!_streaming && OnPeerLoss == PeerLossPolicy.Block)
+        || (_streaming && Mode == ReplicationMode.Sync && _queuedBytes > 0 && _queuedBytes + bytes > MaxQueueBytes);
+
+    /// <summary>
+    /// Hands a write (or trim, zero range) to the link. Called under the volume's ordering lock. Returns the
+    /// task the front end must also wait on (sync mode), or null.
+    /// </summary>
+    public Task? Submit(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua)
+    {
+        lock (_gate)
+        {
+            if (!_streaming || _ahead)
+            {
+                _bitmap.Mark(offset, length);
+                return BlockedWaiterLocked();
+            }
+
+            if (Mode == ReplicationMode.Async && _queuedBytes + payload.Length > MaxQueueBytes)
+            {
+                // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
+                // queue has drained. The stream stays a write-ordered prefix until the resync begins.
+                _ahead = true;
+                _bitmap.Mark(offset, length);
+                return null;
+            }
+
+            Task? wait = null;
+            if (kind == JournalRecordKind.Write && payload.Length > MaxRecordPayload)
+            {
+                for (var done = 0; done < payload.Length; done += MaxRecordPayload)
+                {
+                    var piece = payload.Slice(done, Math.Min(MaxRecordPayload, payload.Length - done));
+                    var last = done + piece.Length == payload.Length;
+                    wait = EnqueueRecordLocked(kind, offset + done, piece.Length, piece, fua && last, waiter: last);
+                }
+            }
+            else
+            {
+                wait = EnqueueRecordLocked(kind, offset, length, payload, fua, waiter: true);
+            }
+
+            return wait;
+        }
+    }
+
+    /// <summary>A flush: a barrier in the stream, durable on the peer before the ack in sync mode.</summary>
+    public Task? SubmitFlush()
+    {
+        lock (_gate)
+        {
+            if (!_streaming || _ahead)
+            {
+                return BlockedWaiterLocked();
+            }
+
+            return EnqueueRecordLocked(JournalRecordKind.Flush, 0, 0, default, fua: false, waiter: true);
+        }
+    }
+
+    private Task? BlockedWaiterLocked()
+    {
+        if (OnPeerLoss != PeerLossPolicy.Block)
+        {
+            return null;
+        }
+
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _blocked.Add(tcs);
+        return tcs.Task;
+    }
+
+    private Task? EnqueueRecordLocked(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua, bool waiter)
+    {
+        var seq = _nextSeq++;
+        var item = new LinkItem
+        {
+            Header = kind switch
+            {
+                JournalRecordKind.Write => JournalRecordHeader.ForWrite(seq, (ulong)offset, payload.Length, fua),
+                JournalRecordKind.Trim => JournalRecordHeader.ForTrim(seq, (ulong)offset, (ulong)length, fua),
+                JournalRecordKind.Zero => JournalRecordHeader.ForZero(seq, (ulong)offset, (ulong)length, fua),
+                _ => JournalRecordHeader.ForFlush(seq),
+            },
+            EnqueuedAt = Stopwatch.GetTimestamp(),
+        };
+        if (payload.Length > 0)
+        {
+            item.Payload = ArrayPool<byte>.Shared.Rent(payload.Length);
+            payload.CopyTo(item.Payload);
+        }
+
+        _queue.Enqueue(item);
+        _queuedBytes += payload.Length;
+        WakeShipperLocked();
+
+        if (!waiter || Mode != ReplicationMode.Sync)
+        {
+            return null;
+        }
+
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (fua || kind == JournalRecordKind.Flush)
+        {
+            _durableWaiters.Enqueue((seq, tcs));
+        }
+        else
+        {
+            _appliedWaiters.Enqueue((seq, tcs));
+        }
+
+        return tcs.Task;
+    }
+
+    private void WakeShipperLocked()
+    {
+        var wake = _shipperWake;
+        _shipperWake = null;
+        wake?.TrySetResult();
+    }
+
+    /// <summary>
+    /// Opens the gate for a new stream: from now on writes are queued (nothing goes out before
+    /// <see cref="StreamAccepted"/>). Returns the seq of the first record the stream will carry.
+    /// </summary>
+    public ulong OpenStream()
+    {
+        lock (_gate)
+        {
+            _streaming = true;
+            _accepted = false;
+            _ahead = false;
+            _received = _applied = _durable = _lastSent = _nextSeq - 1;
+            ReleaseAllLocked(_streamWaiters);
+            return _nextSeq;
+        }
+    }
+
+    /// <summary>The peer accepted the handshake. Returns true when a resync must run (the bitmap is not clean).</summary>
+    public bool StreamAccepted(bool fullResync)
+    {
+        lock (_gate)
+        {
+            _accepted = true;
+            if (fullResync)
+            {
+                _bitmap.MarkAll();
+            }
+
+            if (_bitmap.IsEmpty)
+            {
+                ReleaseAllLocked(_blocked);
+                return false;
+            }
+
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Ends the current stream: every queued or unacknowledged record falls back into the bitmap, sync waiters
+    /// complete (continue policy: the write is acknowledged as a local write, degraded) or wait for the peer
+    /// (block policy), and a running resync stops.
+    /// </summary>
+    public void CloseStream()
+    {
+        lock (_gate)
+        {
+            if (!_streaming)
+            {
+                return;
+            }
+
+            _streaming = false;
+            _accepted = false;
+            _ahead = false;
+            _releaseBlockedAt = 0;
+            while (_queue.TryDequeue(out var item))
+            {
+                if (item.Marker is null && item.Header.Kind != JournalRecordKind.Flush)
+                {
+                    _bitmap.Mark((long)item.Header.Offset, (long)item.Header.Length);
+                }
+
+                ReturnPayload(item);
+            }
+
+            _queuedBytes = 0;
+            while (_unacked.TryDequeue(out var sent))
+            {
+                _bitmap.Mark(sent.Offset, sent.Length);
+            }
+
+            foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
+            {
+                while (queue.TryDequeue(out var w))
+                {
+                    if (OnPeerLoss == PeerLossPolicy.Block)
+                    {
+                        _blocked.Add(w.Done);
+                    }
+                    else
+                    {
+                        w.Done.TrySetResult();
+                    }
+                }
+            }
+
+            _resyncActive = false;
+            ReleaseAllLocked(_spaceWaiters);
+            WakeShipperLocked();
+        }
+    }
+
+    /// <summary>
+    /// Fails every waiter (the volume is closing or being demoted with the peer away): front ends get an
+    /// error instead of hanging.
+    /// </summary>
+    public void AbortWaiters(Exception reason)
+    {
+        lock (_gate)
+        {
+            foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
+            {
+                while (queue.TryDequeue(out var w))
+                {
+                    w.Done.TrySetException(reason);
+                }
+            }
+
+            foreach (var list in new[] { _blocked, _spaceWaiters, _streamWaiters })
+            {
+                foreach (var tcs in list)
+                {
+                    tcs.TrySetException(reason);
+                }
+
+                list.Clear();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits for work for the shipper: fills <paramref name="writer"/> with queued records up to
+    /// <paramref name="softLimit"/> uncompressed bytes (whatever is there: group commit), or returns a marker, or
+    /// reports idle after <paramref name="idle"/> so the caller can send a keepalive.
+    /// </summary>
+    public async ValueTask<LinkTake> TakeAsync(JournalBatchWriter writer, int softLimit, TimeSpan idle, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            Task wake;
+            lock (_gate)
+            {
+                if (!_streaming)
+                {
+                    throw new OperationCanceledException("the replication stream was closed");
+                }
+
+                if (_accepted && _queue.Count > 0)
+                {
+                    return TakeLocked(writer, softLimit);
+                }
+
+                _shipperWake ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wake = _shipperWake.Task;
+            }
+
+            var completed = await Task.WhenAny(wake, Task.Delay(idle, cancellationToken)).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+            if (completed != wake)
+            {
+                return new LinkTake(0, 0, null, Idle: true, 0, 0);
+            }
+        }
+    }
+
+    private LinkTake TakeLocked(JournalBatchWriter writer, int softLimit)
+    {
+        writer.Reset();
+        if (_queue.Peek().Marker is { } marker)
+        {
+            _queue.Dequeue();
+            if (!marker.Begin)
+            {
+                _resyncActive = false;
+                _releaseBlockedAt = _nextSeq - 1;
+                ReleaseBlockedIfDurableLocked();
+            }
+
+            return new LinkTake(0, 0, marker, Idle: false, _nextSeq - 1, _queuedBytes);
+        }
+
+        long payloadBytes = 0;
+        var records = 0;
+        while (_queue.TryPeek(out var item) && item.Marker is null)
+        {
+            var header = item.Header;
+            if (records > 0 && writer.UncompressedLength + header.EncodedLength > softLimit)
+            {
+                break;
+            }
+
+            var payload = item.Payload is null ? ReadOnlySpan<byte>.Empty : item.Payload.AsSpan(0, (int)header.PayloadLength);
+            if (!writer.TryAppend(header, payload))
+            {
+                break;
+            }
+
+            _queue.Dequeue();
+            _queuedBytes -= header.PayloadLength;
+            payloadBytes += header.PayloadLength;
+            records++;
+            _lastSent = header.Seq;
+            _unacked.Enqueue((header.Seq, (long)header.Offset, header.Kind == JournalRecordKind.Flush ? 0 : (long)header.Length, item.EnqueuedAt, header.PayloadLength));
+            ReturnPayload(item);
+        }
+
+        ReleaseSpaceLocked();
+        if (_ahead && _queue.Count == 0)
+        {
+            // Drained: leave ahead; the dropped ranges are in the bitmap and the resync sends them.
+            _ahead = false;
+        }
+
+        return new LinkTake(records, payloadBytes, null, Idle: false, _nextSeq - 1, _queuedBytes);
+    }
+
+    /// <summary>The shipper sent a batch: counts for status.</summary>
+    public void CountSent(int records, long payloadBytes, long wireBytes)
+    {
+        Interlocked.Add(ref _records, records);
+        Interlocked.Add(ref _payloadBytes, payloadBytes);
+        Interlocked.Add(ref _wireBytes, wireBytes);
+        Interlocked.Increment(ref _batches);
+    }
+
+    /// <summary>A cumulative acknowledgement from the peer. Returns false when it is not plausible (beyond what was sent).</summary>
+    public bool OnAck(ulong received, ulong applied, ulong durable)
+    {
+        lock (_gate)
+        {
+            if (!_streaming)
+            {
+                return true;
+            }
+
+            if (received > _lastSent || applied > received || durable > applied)
+            {
+                return false;
+            }
+
+            _received = Math.Max(_received, received);
+            _applied = Math.Max(_applied, applied);
+            _durable = Math.Max(_durable, durable);
+            while (_unacked.TryPeek(out var sent) && sent.Seq <= _durable)
+            {
+                _unacked.Dequeue();
+            }
+
+            while (_appliedWaiters.TryPeek(out var w) && w.Seq <= _applied)
+            {
+                _appliedWaiters.Dequeue();
+                w.Done.TrySetResult();
+            }
+
+            while (_durableWaiters.TryPeek(out var w) && w.Seq <= _durable)
+            {
+                _durableWaiters.Dequeue();
+                w.Done.TrySetResult();
+            }
+
+            ReleaseBlockedIfDurableLocked();
+            return true;
+        }
+    }
+
+    private void ReleaseBlockedIfDurableLocked()
+    {
+        if (_releaseBlockedAt != 0 && _durable >= _releaseBlockedAt && _bitmap.IsEmpty)
+        {
+            _releaseBlockedAt = 0;
+            ReleaseAllLocked(_blocked);
+        }
+    }
+
+    /// <summary>
+    /// Begins a resync: queues the Begin marker. Returns false when there is nothing to resync or no stream.
+    /// </summary>
+    public bool BeginResync(bool full)
+    {
+        lock (_gate)
+        {
+            if (!_streaming || _bitmap.IsEmpty || _resyncActive)
+            {
+                return false;
+            }
+
+            _resyncActive = true;
+            _resyncFull = full;
+            _resyncTotal = _bitmap.DirtyBytes;
+            _resyncDone = 0;
+            _resyncCursor = 0;
+            _resyncStarted = Stopwatch.GetTimestamp();
+            _queue.Enqueue(new LinkItem { Marker = new LinkMarker(true, _resyncTotal, full, 0), EnqueuedAt = _resyncStarted });
+            WakeShipperLocked();
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Takes the next dirty run for the resync (clearing its bits). Called under the volume's ordering lock,
+    /// together with the read of the range and <see cref="SubmitResync"/>, so no write can slip between.
+    /// </summary>
+    public bool TakeResyncRun(int maxBytes, out long offset, out int length)
+    {
+        lock (_gate)
+        {
+            offset = 0;
+            length = 0;
+            if (!_streaming || !_resyncActive || _ahead)
+            {
+                return false;
+            }
+
+            if (!_bitmap.TakeRun(_resyncCursor, maxBytes, out offset, out length))
+            {
+                return false;
+            }
+
+            _resyncCursor = offset + length;
+            return true;
+        }
+    }
+
+    /// <summary>Queues the data (or a zero range when <paramref name="data"/> is empty) of a run taken by <see cref="TakeResyncRun"/>.</summary>
+    public void SubmitResync(long offset, int length, ReadOnlySpan<byte> data, bool skip)
+    {
+        lock (_gate)
+        {
+            if (!_streaming || !_resyncActive)
+            {
+                _bitmap.Mark(offset, length);
+                return;
+            }
+
+            _resyncDone += length;
+            if (skip)
+            {
+                return;
+            }
+
+            if (data.IsEmpty)
+            {
+                EnqueueRecordLocked(JournalRecordKind.Zero, offset, length, default, fua: false, waiter: false);
+            }
+            else
+            {
+                EnqueueRecordLocked(JournalRecordKind.Write, offset, data.Length, data, fua: false, waiter: false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Ends a resync when the bitmap is clean: queues the End marker carrying the generation the receiver adopts.
+    /// Returns false when bits are still dirty (writes while ahead, or a run given back) and the loop must go on.
+    /// </summary>
+    public bool TryEndResync(ulong generation)
+    {
+        lock (_gate)
+        {
+            if (!_streaming || !_resyncActive)
+            {
+                return true;
+            }
+
+            if (!_bitmap.IsEmpty || _ahead)
+            {
+                return false;
+            }
+
+            _queue.Enqueue(new LinkItem { Marker = new LinkMarker(false, _resyncTotal, _resyncFull, generation), EnqueuedAt = Stopwatch.GetTimestamp() });
+            WakeShipperLocked();
+            return true;
+        }
+    }
+
+    /// <summary>Waits until the queue has room for the resync (half the bound) or the stream ends.</summary>
+    public Task WaitForResyncSpaceAsync(CancellationToken cancellationToken)
+    {
+        lock (_gate)
+        {
+            if (!_streaming || _queuedBytes <= MaxQueueBytes / 2)
+            {
+                return Task.CompletedTask;
+            }
+
+            var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _spaceWaiters.Add(tcs);
+            return tcs.Task.WaitAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>True when everything assigned so far is durable on the peer and nothing is dirty.</summary>
+    public bool IsDrained
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _streaming && _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty
+                    && _durable == _nextSeq - 1 && !_resyncActive;
+            }
+        }
+    }
+
+    public bool HasDirty
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return !_bitmap.IsEmpty;
+            }
+        }
+    }
+
+    public ReplicationSnapshot Snapshot()
+    {
+        lock (_gate)
+        {
+            long queuedRecords = 0;
+            long queuedBytes = 0;
+            long oldest = 0;
+            foreach (var item in _queue)
+            {
+                if (item.Marker is null)
+                {
+                    queuedRecords++;
+                    queuedBytes += item.Header.PayloadLength;
+                    if (oldest == 0)
+                    {
+                        oldest = item.EnqueuedAt;
+                    }
+                }
+            }
+
+            foreach (var sent in _unacked)
+            {
+                if (sent.Seq > _received)
+                {
+                    queuedRecords++;
+                    queuedBytes += sent.Bytes;
+                }
+            }
+
+            if (_unacked.TryPeek(out var first))
+            {
+                oldest = first.EnqueuedAt;
+            }
+
+            var now = Stopwatch.GetTimestamp();
+            return new ReplicationSnapshot(
+                LastSeq: _nextSeq - 1,
+                ReceivedSeq: _received,
+                AppliedSeq: _applied,
+                DurableSeq: _durable,
+                QueuedRecords: queuedRecords,
+                QueuedBytes: queuedBytes,
+                OldestUnackedMicroseconds: oldest == 0 ? 0 : (long)Stopwatch.GetElapsedTime(oldest, now).TotalMicroseconds,
+                DirtyBytes: _bitmap.DirtyBytes,
+                PayloadBytes: Interlocked.Read(ref _payloadBytes),
+                WireBytes: Interlocked.Read(ref _wireBytes),
+                Batches: Interlocked.Read(ref _batches),
+                Records: Interlocked.Read(ref _records),
+                ResyncActive: _resyncActive,
+                ResyncTotalBytes: _resyncTotal,
+                ResyncDoneBytes: _resyncDone,
+                ResyncFull: _resyncFull,
+                ResyncElapsedSeconds: _resyncStarted == 0 ? 0 : Stopwatch.GetElapsedTime(_resyncStarted, now).TotalSeconds);
+        }
+    }
+
+    private void ReleaseSpaceLocked()
+    {
+        if (_queuedBytes <= MaxQueueBytes / 2)
+        {
+            ReleaseAllLocked(_spaceWaiters);
+        }
+    }
+
+    private static void ReleaseAllLocked(List<TaskCompletionSource> waiters)
+    {
+        foreach (var tcs in waiters)
+        {
+            tcs.TrySetResult();
+        }
+
+        waiters.Clear();
+    }
+
+    private static void ReturnPayload(LinkItem item)
+    {
+        if (item.Payload is { } payload)
+        {
+            item.Payload = null;
+            ArrayPool<byte>.Shared.Return(payload);
+        }
+    }
+}

@@ -1,0 +1,456 @@
+using System.Buffers;
+using BlockRepl.Core.Journal;
+using BlockRepl.Core.Replication;
+
+namespace BlockRepl.Core;
+
+/// <summary>What a sender puts in its handshake, captured atomically with opening the stream's gate.</summary>
+public sealed record StreamOpening(ulong FirstSeq, Guid VolumeUuid, Guid NodeId, GenerationInfo Generations);
+
+/// <summary>The answer to <see cref="Volume.Promote"/> or <see cref="Volume.DemoteAsync"/>.</summary>
+public sealed record RoleChangeResult(bool Done, string Reason, ulong MissingRecords = 0, ulong MissingBytes = 0, ulong NewGeneration = 0, ulong ShippedRecords = 0);
+
+/// <summary>The replication side of <see cref="Volume"/>: the link for sending, the apply path for receiving, roles.</summary>
+public sealed partial class Volume
+{
+    private const int ResyncRunBytes = 256 * 1024;
+    private ulong _senderLastSeq;
+    private ulong _senderUnsentBytes;
+    private ulong _appliedSeq;
+
+    /// <summary>Configures a peer: writes are replicated by <paramref name="mode"/> from now on.</summary>
+    public void AttachPeer(ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
+    {
+        _link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
+        _receiverConnection = ConnectionState.Connecting;
+    }
+
+    /// <summary>True when a stream is open and every write so far is durable on the peer (nothing dirty).</summary>
+    public bool IsReplicationDrained => _link is { } link && link.IsDrained;
+
+    /// <summary>True while a replication stream to the peer is open (sending side).</summary>
+    public bool IsStreaming => _link is { } link && link.Streaming;
+
+    /// <summary>The replication mode when a peer is configured.</summary>
+    public ReplicationMode? Mode => _link?.Mode;
+
+    // ---- sending side -------------------------------------------------------------------------------
+
+    /// <summary>Opens the gate for a new stream and captures what the handshake must say, atomically.</summary>
+    internal StreamOpening OpenStream()
+    {
+        var link = _link ?? throw new InvalidOperationException($"volume {Name} has no peer configured");
+        lock (_order)
+        {
+            lock (_metaGate)
+            {
+                var firstSeq = link.OpenStream();
+                return new StreamOpening(firstSeq, _metadata.VolumeUuid, _metadata.NodeId,
+                    new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
+                        _metadata.Fresh, _metadata.NeedsFullSync));
+            }
+        }
+    }
+
+    /// <summary>The peer accepted; returns true when a resync must run.</summary>
+    internal bool StreamAccepted(bool fullResync, ulong peerGeneration)
+    {
+        _splitBrain = false;
+        lock (_order)
+        {
+            _bumpPending = false;
+            _peerGeneration = peerGeneration;
+            return _link!.StreamAccepted(fullResync);
+        }
+    }
+
+    /// <summary>The stream ended (error, timeout, refusal): what was in flight becomes dirty.</summary>
+    internal void StreamClosed()
+    {
+        var link = _link;
+        if (link is null)
+        {
+            return;
+        }
+
+        lock (_order)
+        {
+            if (!link.Streaming)
+            {
+                return;
+            }
+
+            link.CloseStream();
+            lock (_metaGate)
+            {
+                if (_role == VolumeRole.Primary && _peerGeneration == _metadata.CurrentGeneration)
+                {
+                    // The peer was at our generation: the next write starts a new one, and the bitmap is relative
+                    // to the old one, which is the peer's.
+                    _bumpPending = true;
+                    _bumpKeepsBitmap = !_metadata.NeedsFullSync;
+                }
+            }
+        }
+    }
+
+    internal void SetSplitBrain(bool value) => _splitBrain = value;
+
+    /// <summary>
+    /// Runs a resync: every dirty range goes into the stream as a record, read under the ordering lock so no
+    /// write can come between the read and the record. Holes are sent as zero ranges (or skipped when the
+    /// target is fresh, hence all zeroes already); all-zero data goes as a zero range too.
+    /// </summary>
+    internal async Task RunResyncAsync(bool full, bool targetFresh, Action<string> log, CancellationToken cancellationToken)
+    {
+        var link = _link!;
+        if (!link.BeginResync(full))
+        {
+            return;
+        }
+
+        log($"{(full ? "full sync" : "bitmap resync")} of {link.Snapshot().ResyncTotalBytes} bytes started{(targetFresh ? " (target fresh: holes skipped)" : "")}");
+        var buffer = ArrayPool<byte>.Shared.Rent(ResyncRunBytes);
+        var extents = new ImageExtent[64];
+        try
+        {
+            while (true)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                await link.WaitForResyncSpaceAsync(cancellationToken).ConfigureAwait(false);
+                bool took;
+                lock (_order)
+                {
+                    took = link.TakeResyncRun(ResyncRunBytes, out var offset, out var length);
+                    if (took)
+                    {
+                        SendRunLocked(link, offset, length, buffer, extents, targetFresh);
+                    }
+                }
+
+                if (took)
+                {
+                    continue;
+                }
+
+                if (!link.ResyncActive || !link.Streaming)
+                {
+                    return; // the stream ended; the bitmap holds what is left
+                }
+
+                ulong generation;
+                lock (_metaGate)
+                {
+                    generation = _metadata.CurrentGeneration;
+                }
+
+                bool ended;
+                lock (_order)
+                {
+                    ended = link.TryEndResync(generation);
+                    if (ended)
+                    {
+                        _peerGeneration = generation;
+                    }
+                }
+
+                if (ended)
+                {
+                    var s = link.Snapshot();
+                    log($"{(full ? "full sync" : "bitmap resync")} queued completely: {s.ResyncDoneBytes} bytes in {s.ResyncElapsedSeconds:F1} s");
+                    if (full)
+                    {
+                        lock (_metaGate)
+                        {
+                            if (_metadata.NeedsFullSync)
+                            {
+                                _metadata.NeedsFullSync = false;
+                                _metadata.Save(_metadataPath);
+                            }
+                        }
+                    }
+
+                    return;
+                }
+
+                // Still dirty: writes landed while the link was ahead. Let the queue drain, then go on.
+                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private void SendRunLocked(PeerLink link, long offset, int length, byte[] buffer, ImageExtent[] extents, bool targetFresh)
+    {
+        var pos = offset;
+        var end = offset + length;
+        while (pos < end)
+        {
+            var count = _image.GetExtents(pos, end - pos, extents);
+            if (count == 0)
+            {
+                link.SubmitResync(pos, (int)(end - pos), buffer.AsSpan(0, (int)(end - pos)), skip: false);
+                break;
+            }
+
+            for (var i = 0; i < count && pos < end; i++)
+            {
+                var extent = extents[i];
+                var extentEnd = Math.Min(end, extent.Offset + extent.Length);
+                var len = (int)(extentEnd - pos);
+                if (len <= 0)
+                {
+                    continue;
+                }
+
+                if (extent.IsHole)
+                {
+                    link.SubmitResync(pos, len, default, skip: targetFresh);
+                }
+                else
+                {
+                    var data = buffer.AsSpan(0, len);
+                    _image.Read(pos, data);
+                    link.SubmitResync(pos, len, data.IndexOfAnyExcept((byte)0) < 0 ? default : data, skip: false);
+                }
+
+                pos = extentEnd;
+            }
+        }
+    }
+
+    // ---- receiving side -----------------------------------------------------------------------------
+
+    /// <summary>Identity and generations for a receiver's handshake decision.</summary>
+    internal StreamOpening DescribeForReceiver()
+    {
+        lock (_metaGate)
+        {
+            return new StreamOpening(0, _metadata.VolumeUuid, _metadata.NodeId,
+                new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
+                    _metadata.Fresh, _metadata.NeedsFullSync));
+        }
+    }
+
+    internal void SetReceiverConnection(ConnectionState state) => _receiverConnection = state;
+
+    /// <summary>A fresh node takes the identity of the volume it is about to receive.</summary>
+    internal void AdoptVolumeUuid(Guid uuid)
+    {
+        lock (_metaGate)
+        {
+            _metadata.VolumeUuid = uuid;
+            _metadata.Save(_metadataPath);
+        }
+    }
+
+    /// <summary>Applies one replicated record to the image (a secondary's only way to change it).</summary>
+    internal void ApplyRecord(in JournalRecordHeader header, ReadOnlySpan<byte> payload)
+    {
+        if (_role != VolumeRole.Secondary)
+        {
+            throw new VolumeReadOnlyException($"volume {Name} is {Role.Name()}: it applies no replicated writes");
+        }
+
+        var offset = (long)header.Offset;
+        var length = (long)header.Length;
+        if (header.Kind != JournalRecordKind.Flush && (offset < 0 || length < 0 || offset > Size || length > Size - offset))
+        {
+            throw new JournalFormatException($"record seq {header.Seq}: {offset}+{length} is outside the {Size}-byte volume");
+        }
+
+        switch (header.Kind)
+        {
+            case JournalRecordKind.Write:
+                _image.Write(offset, payload);
+                break;
+            case JournalRecordKind.Trim:
+            case JournalRecordKind.Zero:
+                // A trimmed range reads back as zeroes on the primary's image too (hole punch), so the images stay
+                // byte-identical only if the replica zeroes it as well.
+                _image.Zero(offset, length, mayDeallocate: true, onlyIfFast: false);
+                break;
+            case JournalRecordKind.Flush:
+                break;
+            default:
+                throw new JournalFormatException($"record seq {header.Seq}: unknown kind {(byte)header.Kind}");
+        }
+    }
+
+    /// <summary>fdatasync of the image (a replicated flush or FUA write, or the periodic one).</summary>
+    internal Task FlushImageAsync() => _flush.FlushAsync();
+
+    internal void NoteSenderProgress(ulong senderLastSeq, ulong senderUnsentBytes, ulong appliedSeq)
+    {
+        Interlocked.Exchange(ref _senderLastSeq, senderLastSeq);
+        Interlocked.Exchange(ref _senderUnsentBytes, senderUnsentBytes);
+        Interlocked.Exchange(ref _appliedSeq, appliedSeq);
+    }
+
+    /// <summary>What a secondary knows it has not received (from the primary's last announcement).</summary>
+    public (ulong Records, ulong Bytes) KnownMissing
+    {
+        get
+        {
+            var last = Interlocked.Read(ref _senderLastSeq);
+            var applied = Interlocked.Read(ref _appliedSeq);
+            return (last > applied ? last - applied : 0, Interlocked.Read(ref _senderUnsentBytes));
+        }
+    }
+
+    /// <summary>The resync begins: until its end this image is not a usable copy (persisted first).</summary>
+    internal void BeginSyncTarget()
+    {
+        lock (_metaGate)
+        {
+            _disk = DiskState.Inconsistent;
+            _metadata.Disk = DiskState.Inconsistent.Name();
+            _metadata.Save(_metadataPath);
+        }
+
+        _receiverConnection = ConnectionState.SyncTarget;
+    }
+
+    /// <summary>The resync ended: flush, adopt the source's generation, up to date again.</summary>
+    internal async Task EndSyncTargetAsync(ulong generation, bool full)
+    {
+        await FlushImageAsync().ConfigureAwait(false);
+        lock (_metaGate)
+        {
+            _disk = DiskState.UpToDate;
+            _metadata.Disk = DiskState.UpToDate.Name();
+            if (generation != 0)
+            {
+                _metadata.StartGeneration(generation);
+            }
+
+            _metadata.Fresh = false;
+            if (full)
+            {
+                _metadata.NeedsFullSync = false;
+            }
+
+            _metadata.Save(_metadataPath);
+        }
+
+        _receiverConnection = ConnectionState.Connected;
+    }
+
+    // ---- roles ----------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// secondary -> primary. Refused while a primary is connected to us, or when the disk is not up to date,
+    /// unless <paramref name="force"/>. Starts a new generation; the old one becomes the bitmap generation, so
+    /// the old primary can later be resynced from this node's bitmap.
+    /// </summary>
+    public RoleChangeResult Promote(bool force)
+    {
+        if (_role == VolumeRole.Primary)
+        {
+            return new RoleChangeResult(true, "already primary");
+        }
+
+        var connection = _receiverConnection;
+        if (!force && connection is ConnectionState.Connected or ConnectionState.SyncTarget or ConnectionState.Behind)
+        {
+            return new RoleChangeResult(false, $"the peer is connected and primary (connection {connection.Name()}): demote it first, or use --force");
+        }
+
+        if (!force && _disk != DiskState.UpToDate)
+        {
+            return new RoleChangeResult(false, $"the local disk is {_disk.Name()}, not uptodate: promoting it would serve incomplete data; use --force to promote anyway");
+        }
+
+        if (_metadata.Fresh && !force)
+        {
+            return new RoleChangeResult(false, "this node was created as secondary and never synced: its image holds no data of the volume; use --force to promote anyway");
+        }
+
+        var (missingRecords, missingBytes) = KnownMissing;
+        ulong generation;
+        lock (_order)
+        {
+            lock (_metaGate)
+            {
+                var old = _metadata.CurrentGeneration;
+                _metadata.StartGeneration(VolumeMetadata.NewGeneration());
+                _metadata.BitmapGeneration = old;
+                _metadata.Role = VolumeRole.Primary.Name();
+                _metadata.Disk = DiskState.UpToDate.Name();
+                _metadata.Fresh = false;
+                _metadata.CleanShutdown = false;
+                _metadata.Save(_metadataPath);
+                generation = _metadata.CurrentGeneration;
+            }
+
+            _disk = DiskState.UpToDate;
+            _bumpPending = false;
+            _peerGeneration = 0;
+            _role = VolumeRole.Primary;
+        }
+
+        return new RoleChangeResult(true, "", missingRecords, missingBytes, generation);
+    }
+
+    /// <summary>
+    /// primary -> secondary: no new writes from now on; waits (up to <paramref name="timeout"/>) until every
+    /// write is durable on the peer, flushes, and records the role. With writes the peer may lack, the image is
+    /// marked as needing a full resync, so it can never be mistaken for an in-sync copy.
+    /// </summary>
+    public async Task<RoleChangeResult> DemoteAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (_role == VolumeRole.Secondary)
+        {
+            return new RoleChangeResult(true, "already secondary");
+        }
+
+        lock (_order)
+        {
+            _role = VolumeRole.Secondary; // writes arriving from now on get EPERM
+        }
+
+        var link = _link;
+        var shipped = link?.Snapshot().LastSeq - link?.Snapshot().DurableSeq ?? 0;
+        var deadline = DateTime.UtcNow + timeout;
+        while (link is not null && link.Streaming && !link.IsDrained && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _flush.FlushAsync().ConfigureAwait(false);
+        var drained = link is null || link.IsDrained;
+        lock (_metaGate)
+        {
+            _metadata.Role = VolumeRole.Secondary.Name();
+            if (link is not null && !drained)
+            {
+                _metadata.NeedsFullSync = true;
+            }
+
+            _metadata.Save(_metadataPath);
+        }
+
+        _receiverConnection = link is null ? ConnectionState.Standalone : ConnectionState.Connecting;
+        return new RoleChangeResult(true, drained ? "" : "the peer had not received every write: this node needs a full resync before it is in sync again",
+            ShippedRecords: shipped);
+    }
+
+    /// <summary>The sender found a newer generation on its peer: it steps down and becomes the sync target.</summary>
+    internal void StepDownForNewerPeer()
+    {
+        lock (_order)
+        {
+            _role = VolumeRole.Secondary;
+            lock (_metaGate)
+            {
+                _metadata.Role = VolumeRole.Secondary.Name();
+                _metadata.Save(_metadataPath);
+            }
+        }
+
+        _receiverConnection = ConnectionState.Connecting;
+    }
+}

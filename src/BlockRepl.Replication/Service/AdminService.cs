@@ -1,0 +1,201 @@
+using System.Net;
+using BlockRepl.Core;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.V1;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Logging;
+
+namespace BlockRepl.Replication.Service;
+
+/// <summary>What the admin service needs from the daemon around a volume.</summary>
+/// <param name="Volume">The volume.</param>
+/// <param name="Peer">The configured peer address, or null when standalone.</param>
+/// <param name="CloseClients">Disconnects the volume's front-end clients (after a role change they reconnect and see the new export flags).</param>
+internal sealed record AdminVolume(Volume Volume, string? Peer, Func<int> CloseClients);
+
+/// <summary>
+/// The Admin service (status, promote, demote) that `blockrepl status|promote|demote` call. Served only on the
+/// admin address: a call that arrives on the replication port is refused.
+/// </summary>
+internal sealed class AdminService(
+    IReadOnlyList<AdminVolume> volumes, ReplicaService replica, int? replicationPort, DateTimeOffset startedAt, ILogger logger)
+{
+    public const string StatusPath = "/blockrepl.v1.Admin/Status";
+    public const string PromotePath = "/blockrepl.v1.Admin/Promote";
+    public const string DemotePath = "/blockrepl.v1.Admin/Demote";
+
+    private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
+
+    public Task<StatusReply> StatusAsync(StatusRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var reply = new StatusReply
+        {
+            DaemonVersion = typeof(AdminService).Assembly.GetName().Version?.ToString() ?? "0",
+            Pid = Environment.ProcessId,
+            StartedUnixMs = startedAt.ToUnixTimeMilliseconds(),
+        };
+        foreach (var v in Select(request.Volume))
+        {
+            reply.Volumes.Add(Describe(v));
+        }
+
+        return Task.FromResult(reply);
+    }
+
+    public Task<PromoteReply> PromoteAsync(PromoteRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var v = Single(request.Volume);
+        var volume = v.Volume;
+        var wasPrimary = volume.Role == Core.VolumeRole.Primary;
+        if (request.Force && replica.HasStream(volume.Name))
+        {
+            replica.CancelAll(); // a forced promotion ends the stream from the old primary first
+        }
+
+        var result = volume.Promote(request.Force);
+        if (!result.Done)
+        {
+            ReplicationLog.Info(logger, volume.Name, $"promote refused: {result.Reason}");
+            return Task.FromResult(new PromoteReply { Done = false, Reason = result.Reason });
+        }
+
+        if (!wasPrimary)
+        {
+            var closed = v.CloseClients();
+            var missing = result.MissingRecords > 0 ? $"; it had not received {result.MissingRecords} records ({result.MissingBytes} bytes unsent) the old primary announced" : "";
+            ReplicationLog.Info(logger, volume.Name,
+                $"promoted to primary{(request.Force ? " (forced)" : "")}, new generation {Core.Replication.GenerationRules.Hex(result.NewGeneration)}, {closed} read-only clients closed{missing}");
+        }
+
+        return Task.FromResult(new PromoteReply
+        {
+            Done = true,
+            MissingRecords = result.MissingRecords,
+            MissingBytes = result.MissingBytes,
+            NewGeneration = result.NewGeneration,
+        });
+    }
+
+    public async Task<DemoteReply> DemoteAsync(DemoteRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var v = Single(request.Volume);
+        var wasPrimary = v.Volume.Role == Core.VolumeRole.Primary;
+        var result = await v.Volume.DemoteAsync(DemoteDrainTimeout, context.CancellationToken).ConfigureAwait(false);
+        var closed = wasPrimary ? v.CloseClients() : 0;
+        if (wasPrimary)
+        {
+            ReplicationLog.Info(logger, v.Volume.Name, $"demoted to secondary; {closed} clients closed{(result.Reason.Length > 0 ? "; " + result.Reason : "")}");
+        }
+
+        return new DemoteReply { Done = result.Done, Reason = result.Reason, ClosedClients = (uint)closed, ShippedRecords = result.ShippedRecords };
+    }
+
+    private void EnsureAdminEndpoint(ServerCallContext context)
+    {
+        if (replicationPort is { } port
+            && context.GetHttpContext().Features.Get<IHttpConnectionFeature>()?.LocalPort == port)
+        {
+            throw new RpcException(StatusCode.PermissionDenied, "the admin service is not served on the replication port");
+        }
+    }
+
+    private IEnumerable<AdminVolume> Select(string name) =>
+        string.IsNullOrEmpty(name) ? volumes : [Single(name)];
+
+    private AdminVolume Single(string name)
+    {
+        if (string.IsNullOrEmpty(name))
+        {
+            return volumes.Count == 1
+                ? volumes[0]
+                : throw new RpcException(StatusCode.InvalidArgument, $"this daemon serves {volumes.Count} volumes: name one with --volume");
+        }
+
+        return volumes.FirstOrDefault(v => v.Volume.Name == name)
+            ?? throw new RpcException(StatusCode.NotFound, $"no volume named '{name}'");
+    }
+
+    private static VolumeStatus Describe(AdminVolume v)
+    {
+        var volume = v.Volume;
+        var g = volume.Generations;
+        var status = new VolumeStatus
+        {
+            Name = volume.Name,
+            Uuid = volume.VolumeUuid.ToString(),
+            SizeBytes = (ulong)volume.Size,
+            Role = WireStates.ToWire(volume.Role),
+            Disk = WireStates.ToWire(volume.Disk),
+            Connection = WireStates.ToWire(volume.Connection),
+            Mode = WireStates.ToWire(volume.Mode),
+            Peer = v.Peer ?? "",
+            Image = volume.ImagePath,
+            LastError = volume.LastError ?? "",
+            LastErrorUnixMs = volume.LastErrorUnixMs,
+            CurrentGeneration = g.Current,
+            BitmapGeneration = g.Bitmap,
+            Counters = new V1.VolumeCounters
+            {
+                Reads = (ulong)volume.Counters.Reads,
+                Writes = (ulong)volume.Counters.Writes,
+                Trims = (ulong)volume.Counters.Trims,
+                Zeroes = (ulong)volume.Counters.Zeroes,
+                Flushes = (ulong)volume.Counters.Flushes,
+                BytesRead = (ulong)volume.Counters.BytesRead,
+                BytesWritten = (ulong)volume.Counters.BytesWritten,
+                Errors = (ulong)volume.Counters.Errors,
+            },
+        };
+        status.HistoryGenerations.AddRange(g.History);
+        foreach (var c in volume.Clients)
+        {
+            status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });
+        }
+
+        var (missingRecords, missingBytes) = volume.KnownMissing;
+        status.KnownMissingRecords = missingRecords;
+        status.KnownMissingBytes = missingBytes;
+        if (volume.ReplicationSnapshot is { } r && volume.Role == Core.VolumeRole.Primary)
+        {
+            status.Lag = new ReplicationLag
+            {
+                LastSeq = r.LastSeq,
+                ReceivedSeq = r.ReceivedSeq,
+                AppliedSeq = r.AppliedSeq,
+                DurableSeq = r.DurableSeq,
+                QueuedRecords = (ulong)r.QueuedRecords,
+                QueuedBytes = (ulong)r.QueuedBytes,
+                OldestUnackedUs = (ulong)r.OldestUnackedMicroseconds,
+            };
+            status.Wire = new WireStats
+            {
+                PayloadBytes = (ulong)r.PayloadBytes,
+                WireBytes = (ulong)r.WireBytes,
+                Batches = (ulong)r.Batches,
+                Records = (ulong)r.Records,
+            };
+            status.DirtyBytes = (ulong)r.DirtyBytes;
+            if (r.ResyncActive)
+            {
+                var rate = r.ResyncElapsedSeconds > 0 ? r.ResyncDoneBytes / r.ResyncElapsedSeconds : 0;
+                var left = Math.Max(0, r.ResyncTotalBytes - r.ResyncDoneBytes);
+                status.Resync = new ResyncProgress
+                {
+                    TotalBytes = (ulong)r.ResyncTotalBytes,
+                    DoneBytes = (ulong)r.ResyncDoneBytes,
+                    BytesPerSecond = (ulong)rate,
+                    EtaSeconds = rate > 0 ? (ulong)Math.Ceiling(left / rate) : 0,
+                    Full = r.ResyncFull,
+                };
+            }
+        }
+
+        return status;
+    }
+
+    internal static IPEndPoint? LocalEndPoint(ServerCallContext context) =>
+        context.GetHttpContext().Features.Get<IHttpConnectionFeature>() is { } f && f.LocalIpAddress is { } ip ? new IPEndPoint(ip, f.LocalPort) : null;
+}

@@ -1,0 +1,318 @@
+using BlockRepl.Core;
+using BlockRepl.Core.Journal;
+using BlockRepl.Core.Replication;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.Lz4;
+using BlockRepl.Replication.V1;
+using Google.Protobuf;
+using Microsoft.Extensions.Logging;
+using CoreRole = BlockRepl.Core.VolumeRole;
+using WireMode = BlockRepl.Replication.V1.ReplicationMode;
+using WireRole = BlockRepl.Replication.V1.VolumeRole;
+
+namespace BlockRepl.Replication.Service;
+
+/// <summary>
+/// The sending side: while the volume is primary, keeps one Replicate stream to the peer open — handshake,
+/// batches (group commit, LZ4, CRC32C), keepalives, acks, resync — and reconnects with backoff when it ends.
+/// </summary>
+internal sealed class PeerConnector : IAsyncDisposable
+{
+    private readonly Volume _volume;
+    private readonly Uri _peer;
+    private readonly ReplicationSettings _settings;
+    private readonly ILogger _log;
+    private readonly Action<string> _onStepDown;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly GrpcChannel _channel;
+    private Task? _loop;
+
+    public PeerConnector(Volume volume, Uri peer, ReplicationSettings settings, ILogger log, Action<string> onStepDown)
+    {
+        _volume = volume;
+        _peer = peer;
+        _settings = settings;
+        _log = log;
+        _onStepDown = onStepDown;
+        _channel = GrpcChannel.ForAddress(peer, new GrpcChannelOptions
+        {
+            ConnectTimeout = settings.PeerTimeout,
+            MaxReceiveMessageSize = ReplicationSettings.MaxMessageBytes,
+            KeepAlivePingDelay = settings.PeerTimeout,
+            KeepAlivePingTimeout = settings.PeerTimeout,
+        });
+    }
+
+    public string Peer => _peer.ToString();
+
+    public void Start() => _loop = Task.Run(() => RunAsync(_stop.Token));
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (_loop is not null)
+        {
+            try
+            {
+                await _loop.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        _channel.Dispose();
+        _stop.Dispose();
+    }
+
+    private async Task RunAsync(CancellationToken stop)
+    {
+        var backoff = _settings.MinBackoff;
+        var announced = false;
+        while (!stop.IsCancellationRequested)
+        {
+            if (_volume.Role != CoreRole.Primary)
+            {
+                announced = false;
+                await Task.Delay(100, stop).ConfigureAwait(false);
+                continue;
+            }
+
+            if (!announced)
+            {
+                ReplicationLog.Connecting(_log, _volume.Name, Peer);
+                announced = true;
+            }
+
+            var wait = backoff;
+            try
+            {
+                var outcome = await RunStreamAsync(stop).ConfigureAwait(false);
+                backoff = _settings.MinBackoff;
+                wait = outcome;
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception ex)
+            {
+                var reason = Describe(ex);
+                if (_volume.Link is { } link && link.Accepted)
+                {
+                    ReplicationLog.PeerLost(_log, _volume.Name, Peer, reason);
+                    backoff = _settings.MinBackoff;
+                    wait = backoff;
+                }
+
+                _volume.ReportError($"peer {Peer}: {reason}");
+                backoff = TimeSpan.FromTicks(Math.Min(_settings.MaxBackoff.Ticks, backoff.Ticks * 2));
+            }
+            finally
+            {
+                _volume.StreamClosed();
+            }
+
+            try
+            {
+                await Task.Delay(wait, stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+    }
+
+    /// <summary>One stream from handshake to its end. Returns how long to wait before the next attempt.</summary>
+    private async Task<TimeSpan> RunStreamAsync(CancellationToken stop)
+    {
+        using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        var token = streamCancel.Token;
+        using var call = _channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, new CallOptions(CancellationToken: token));
+        var opening = _volume.OpenStream();
+        var link = _volume.Link!;
+        var g = opening.Generations;
+        var handshake = new Handshake
+        {
+            ProtocolVersion = ReplicationSettings.ProtocolVersion,
+            VolumeUuid = ByteString.CopyFrom(opening.VolumeUuid.ToByteArray(bigEndian: true)),
+            VolumeName = _volume.Name,
+            SizeBytes = (ulong)_volume.Size,
+            NodeId = ByteString.CopyFrom(opening.NodeId.ToByteArray(bigEndian: true)),
+            CurrentGeneration = g.Current,
+            BitmapGeneration = g.Bitmap,
+            Fresh = g.Fresh,
+            NeedsFullSync = g.NeedsFullSync,
+            Mode = link.Mode == Core.Replication.ReplicationMode.Sync ? WireMode.Sync : WireMode.Async,
+            Role = WireRole.Primary,
+            FirstSeq = opening.FirstSeq,
+            MaxBatchBytes = ReplicationSettings.MaxBatchBytes,
+        };
+        handshake.HistoryGenerations.AddRange(g.History);
+        await call.RequestStream.WriteAsync(new ReplicationFrame { Handshake = handshake }, token).ConfigureAwait(false);
+
+        streamCancel.CancelAfter(_settings.PeerTimeout * 5);
+        if (!await call.ResponseStream.MoveNext(token).ConfigureAwait(false))
+        {
+            throw new RpcException(call.GetStatus());
+        }
+
+        streamCancel.CancelAfter(Timeout.InfiniteTimeSpan);
+        var reply = call.ResponseStream.Current.HandshakeReply
+            ?? throw new ReplicationProtocolException(StatusCode.Internal, "the peer's first ack carries no handshake reply");
+        if (!reply.Accepted)
+        {
+            return HandleRefusal(reply);
+        }
+
+        var full = reply.Plan == SyncPlan.FullResync;
+        var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration);
+        var decision = $"{reply.Plan}: {reply.Message}";
+        ReplicationLog.Connected(_log, _volume.Name, Peer, decision);
+
+        var silent = false;
+        var tasks = new[]
+        {
+            Task.Run(() => SendLoopAsync(call, link, token), CancellationToken.None),
+            Task.Run(() => AckLoopAsync(call, link, () => { silent = true; streamCancel.Cancel(); }, token), CancellationToken.None),
+            Task.Run(() => ResyncLoopAsync(needResync, full, reply.Fresh, link, token), CancellationToken.None),
+        };
+        var first = await Task.WhenAny(tasks).ConfigureAwait(false);
+        await streamCancel.CancelAsync().ConfigureAwait(false);
+        _volume.StreamClosed();
+        try
+        {
+            await Task.WhenAll(tasks).ConfigureAwait(false);
+        }
+        catch (Exception) when (first.IsCompletedSuccessfully || first.IsCanceled || stop.IsCancellationRequested)
+        {
+        }
+
+        if (silent)
+        {
+            throw new TimeoutException($"no ack or keepalive for {_settings.PeerTimeout.TotalSeconds:0.#} s (dead peer)");
+        }
+
+        if (first.Exception?.InnerException is { } failure)
+        {
+            throw failure;
+        }
+
+        stop.ThrowIfCancellationRequested();
+        throw new IOException("the peer ended the stream");
+    }
+
+    private TimeSpan HandleRefusal(HandshakeReply reply)
+    {
+        var why = $"{reply.RefuseReason}: {reply.Message}";
+        ReplicationLog.Refused(_log, _volume.Name, Peer, why);
+        _volume.ReportError($"peer {Peer} refused: {reply.Message}");
+        switch (reply.RefuseReason)
+        {
+            case RefuseReason.PeerIsNewer:
+                ReplicationLog.SteppingDown(_log, _volume.Name, reply.Message);
+                _volume.StepDownForNewerPeer();
+                _onStepDown(_volume.Name);
+                return _settings.MinBackoff;
+            case RefuseReason.SplitBrain:
+                _volume.SetSplitBrain(true);
+                return TimeSpan.FromSeconds(5);
+            default:
+                return _settings.MaxBackoff;
+        }
+    }
+
+    private async Task SendLoopAsync(AsyncDuplexStreamingCall<ReplicationFrame, ReplicationAck> call, PeerLink link, CancellationToken token)
+    {
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        var compressed = new byte[Lz4Codec.MaxCompressedLength(ReplicationSettings.MaxBatchBytes)];
+        var idle = _settings.PeerTimeout / 4;
+        ulong pings = 0;
+        while (true)
+        {
+            var take = await link.TakeAsync(writer, ReplicationSettings.SoftBatchBytes, idle, token).ConfigureAwait(false);
+            ReplicationFrame frame;
+            if (take.Idle)
+            {
+                frame = new ReplicationFrame { Ping = new Ping { Id = ++pings } };
+            }
+            else if (take.Marker is { } marker)
+            {
+                frame = new ReplicationFrame
+                {
+                    Marker = new ResyncMarker { Begin = marker.Begin, TotalBytes = (ulong)marker.TotalBytes, Full = marker.Full, Generation = marker.Generation },
+                };
+                if (!marker.Begin)
+                {
+                    ReplicationLog.Info(_log, _volume.Name, "resync complete; the peer is in sync");
+                }
+            }
+            else
+            {
+                var length = Lz4Codec.Compress(writer.Packed, compressed);
+                frame = new ReplicationFrame
+                {
+                    Batch = new Batch
+                    {
+                        FirstSeq = writer.FirstSeq,
+                        RecordCount = (uint)writer.RecordCount,
+                        UncompressedLength = (uint)writer.UncompressedLength,
+                        CompressedRecords = UnsafeByteOperations.UnsafeWrap(compressed.AsMemory(0, length)),
+                        Crc32C = writer.PackedCrc32C,
+                        SenderLastSeq = take.LastSeq,
+                        SenderUnsentBytes = (ulong)take.UnsentBytes,
+                    },
+                };
+            }
+
+            // The frame is serialized before WriteAsync returns, so the buffers may be reused afterwards.
+            await call.RequestStream.WriteAsync(frame, token).ConfigureAwait(false);
+            if (take.Records > 0)
+            {
+                link.CountSent(take.Records, writer.UncompressedLength, frame.CalculateSize() + 5);
+            }
+        }
+    }
+
+    private async Task AckLoopAsync(AsyncDuplexStreamingCall<ReplicationFrame, ReplicationAck> call, PeerLink link, Action onSilence, CancellationToken token)
+    {
+        using var silence = new Timer(_ => onSilence(), null, _settings.PeerTimeout, Timeout.InfiniteTimeSpan);
+        while (await call.ResponseStream.MoveNext(token).ConfigureAwait(false))
+        {
+            silence.Change(_settings.PeerTimeout, Timeout.InfiniteTimeSpan);
+            var ack = call.ResponseStream.Current;
+            if (!link.OnAck(ack.ReceivedSeq, ack.AppliedSeq, ack.DurableSeq))
+            {
+                throw new ReplicationProtocolException(StatusCode.Internal,
+                    $"the peer acknowledged seqs it was never sent (received {ack.ReceivedSeq}, applied {ack.AppliedSeq}, durable {ack.DurableSeq})");
+            }
+        }
+
+        var status = call.GetStatus();
+        throw new RpcException(status.StatusCode == StatusCode.OK ? new Status(StatusCode.Unavailable, "the peer ended the stream") : status);
+    }
+
+    private async Task ResyncLoopAsync(bool needResync, bool full, bool targetFresh, PeerLink link, CancellationToken token)
+    {
+        var first = true;
+        while (true)
+        {
+            if (needResync || (link.HasDirty && !link.ResyncActive && !link.Ahead))
+            {
+                await _volume.RunResyncAsync(first && full, first && targetFresh,
+                    message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
+                needResync = false;
+                first = false;
+            }
+
+            await Task.Delay(50, token).ConfigureAwait(false);
+        }
+    }
+
+    private static string Describe(Exception ex) => ex switch
+    {
+        RpcException rpc => $"{rpc.StatusCode}: {rpc.Status.Detail}",
+        _ => ex.Message,
+    };
+}

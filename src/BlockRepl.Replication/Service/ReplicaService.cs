@@ -1,0 +1,434 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using BlockRepl.Core;
+using BlockRepl.Core.Journal;
+using BlockRepl.Core.Replication;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.Lz4;
+using BlockRepl.Replication.V1;
+using Google.Protobuf;
+using Microsoft.Extensions.Logging;
+using ConnectionState = BlockRepl.Core.ConnectionState;
+using CoreRole = BlockRepl.Core.VolumeRole;
+using DiskState = BlockRepl.Core.DiskState;
+using WireRole = BlockRepl.Replication.V1.VolumeRole;
+
+namespace BlockRepl.Replication.Service;
+
+/// <summary>
+/// The receiving side of the Replication service: checks the handshake against the generations table, then
+/// applies batches in sequence order to the local (secondary) volume and acknowledges them cumulatively.
+/// </summary>
+/// <remarks>
+/// A batch is checked whole before any record of it is applied: the seq must follow the last one, the LZ4 block
+/// must decompress to exactly the announced length, and the CRC32C, record count and seqs must match
+/// (<see cref="JournalBatchReader"/>). Anything else ends the stream with an error status and a log line; the
+/// sender then reconnects and resyncs from its bitmap. A second stream for a volume replaces the first (the
+/// old sender is gone, or it would not reconnect).
+/// </remarks>
+internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes, ReplicationSettings settings, ILogger logger)
+{
+    public const string ReplicatePath = "/blockrepl.v1.Replication/Replicate";
+
+    private readonly ConcurrentDictionary<string, (CancellationTokenSource Cancel, Task Done)> _active = new(StringComparer.Ordinal);
+
+    public async Task ReplicateAsync(
+        IAsyncStreamReader<ReplicationFrame> requests, IServerStreamWriter<ReplicationAck> responses, ServerCallContext context)
+    {
+        var remote = context.Peer;
+        using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
+        var token = streamCancel.Token;
+
+        streamCancel.CancelAfter(settings.PeerTimeout * 5);
+        if (!await requests.MoveNext(token).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        if (requests.Current.BodyCase != ReplicationFrame.BodyOneofCase.Handshake)
+        {
+            ReplicationLog.StreamRejected(logger, remote, $"first frame is {requests.Current.BodyCase}, not a handshake");
+            throw new RpcException(StatusCode.InvalidArgument, "the first frame of a replication stream must be a handshake");
+        }
+
+        var handshake = requests.Current.Handshake;
+        var (reply, volume, decision) = Decide(handshake);
+        if (!reply.Accepted)
+        {
+            ReplicationLog.StreamRefused(logger, remote, reply.Message);
+            volume?.ReportError($"refused a replication stream from {remote}: {reply.Message}");
+            await responses.WriteAsync(new ReplicationAck { HandshakeReply = reply }, token).ConfigureAwait(false);
+            return;
+        }
+
+        var volumeName = volume!.Name;
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var previous = _active.AddOrUpdate(volumeName, (streamCancel, done.Task), (_, _) => (streamCancel, done.Task));
+        try
+        {
+            await TakeOverAsync(volumeName, streamCancel, done.Task).ConfigureAwait(false);
+            if (reply.Fresh)
+            {
+                volume.AdoptVolumeUuid(new Guid(handshake.VolumeUuid.Span, bigEndian: true));
+            }
+
+            streamCancel.CancelAfter(Timeout.InfiniteTimeSpan);
+            var firstSeq = handshake.FirstSeq;
+            using var stream = new ReceiveStream(volume, settings, responses, firstSeq - 1, (int)handshake.MaxBatchBytes);
+            await responses.WriteAsync(new ReplicationAck
+            {
+                HandshakeReply = reply,
+                ReceivedSeq = firstSeq - 1,
+                AppliedSeq = firstSeq - 1,
+                DurableSeq = firstSeq - 1,
+            }, token).ConfigureAwait(false);
+            volume.SetReceiverConnection(ConnectionState.Connected);
+            ReplicationLog.StreamAccepted(logger, volumeName, remote, decision);
+
+            try
+            {
+                await stream.RunAsync(requests, streamCancel, token).ConfigureAwait(false);
+                ReplicationLog.StreamEnded(logger, volumeName, remote, "the sender closed the stream");
+            }
+            catch (ReplicationProtocolException ex)
+            {
+                ReplicationLog.StreamRejected(logger, remote, ex.Message);
+                volume.ReportError($"replication stream from {remote} rejected: {ex.Message}");
+                throw new RpcException(ex.Code, ex.Message);
+            }
+            catch (OperationCanceledException) when (!context.CancellationToken.IsCancellationRequested)
+            {
+                var why = stream.SilentTooLong ? $"no frame for {settings.PeerTimeout.TotalSeconds:0.#} s (dead peer)" : "replaced by a newer stream";
+                ReplicationLog.StreamEnded(logger, volumeName, remote, why);
+                volume.ReportError($"replication stream from {remote} ended: {why}");
+                throw new RpcException(StatusCode.Unavailable, why);
+            }
+            catch (Exception ex) when (ex is BlockImageException or IOException)
+            {
+                ReplicationLog.StreamEnded(logger, volumeName, remote, $"local I/O failed: {ex.Message}");
+                volume.ReportError($"applying replicated writes failed: {ex.Message}");
+                throw new RpcException(StatusCode.Unavailable, $"the receiver's image failed: {ex.Message}");
+            }
+            catch (Exception ex) when (ex is RpcException or OperationCanceledException)
+            {
+                ReplicationLog.StreamEnded(logger, volumeName, remote, ex.Message);
+                throw;
+            }
+        }
+        finally
+        {
+            if (volume.Connection is ConnectionState.Connected or ConnectionState.SyncTarget)
+            {
+                volume.SetReceiverConnection(volume.HasPeer ? ConnectionState.Connecting : ConnectionState.Standalone);
+            }
+
+            _active.TryRemove(new KeyValuePair<string, (CancellationTokenSource, Task)>(volumeName, (streamCancel, done.Task)));
+            done.TrySetResult();
+            _ = previous;
+        }
+    }
+
+    /// <summary>Ends every stream (daemon stopping, or a role change).</summary>
+    public void CancelAll()
+    {
+        foreach (var (cancel, _) in _active.Values)
+        {
+            try
+            {
+                cancel.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+    }
+
+    public bool HasStream(string volume) => _active.ContainsKey(volume);
+
+    private async Task TakeOverAsync(string volumeName, CancellationTokenSource mine, Task myDone)
+    {
+        // Any other stream for this volume that is still registered or running is cancelled and awaited, so
+        // two streams never apply to one image at once.
+        foreach (var (name, entry) in _active)
+        {
+            if (name == volumeName && entry.Done != myDone)
+            {
+                await entry.Cancel.CancelAsync().ConfigureAwait(false);
+                await entry.Done.WaitAsync(TimeSpan.FromSeconds(10), mine.Token).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private (HandshakeReply Reply, Volume? Volume, string Decision) Decide(Handshake h)
+    {
+        HandshakeReply Refuse(RefuseReason reason, string message, Volume? v = null) =>
+            Fill(new HandshakeReply { Accepted = false, RefuseReason = reason, Message = message }, v);
+
+        if (h.ProtocolVersion != ReplicationSettings.ProtocolVersion)
+        {
+            return (Refuse(RefuseReason.ProtocolVersion, $"protocol version {h.ProtocolVersion} is not supported (this node speaks {ReplicationSettings.ProtocolVersion})"), null, "");
+        }
+
+        if (!volumes.TryGetValue(h.VolumeName, out var volume))
+        {
+            return (Refuse(RefuseReason.UnknownVolume, $"no volume named '{h.VolumeName}' here"), null, "");
+        }
+
+        if (h.SizeBytes != (ulong)volume.Size)
+        {
+            return (Refuse(RefuseReason.SizeMismatch, $"volume {volume.Name}: size mismatch: sender has {h.SizeBytes} bytes, this node {volume.Size}", volume), volume, "");
+        }
+
+        if (h.MaxBatchBytes == 0 || h.MaxBatchBytes > ReplicationSettings.MaxBatchBytes)
+        {
+            return (Refuse(RefuseReason.Limits, $"max_batch_bytes {h.MaxBatchBytes} is outside 1..{ReplicationSettings.MaxBatchBytes}", volume), volume, "");
+        }
+
+        if (h.FirstSeq == 0 || h.VolumeUuid.Length != 16 || h.NodeId.Length != 16)
+        {
+            return (Refuse(RefuseReason.Limits, "malformed handshake (first_seq 0, or a uuid that is not 16 bytes)", volume), volume, "");
+        }
+
+        if (volume.Disk == DiskState.Diskless)
+        {
+            return (Refuse(RefuseReason.DiskFailed, $"volume {volume.Name}: the local disk is diskless", volume), volume, "");
+        }
+
+        var mine = volume.DescribeForReceiver();
+        var senderUuid = new Guid(h.VolumeUuid.Span, bigEndian: true);
+        if (!mine.Generations.Fresh && senderUuid != mine.VolumeUuid)
+        {
+            return (Refuse(RefuseReason.Unrelated, $"volume {volume.Name}: volume uuid {senderUuid} is not this node's {mine.VolumeUuid}: different volumes", volume), volume, "");
+        }
+
+        var sender = new GenerationInfo(h.CurrentGeneration, h.BitmapGeneration, [.. h.HistoryGenerations], h.Fresh, h.NeedsFullSync);
+        var (decision, why) = GenerationRules.Decide(sender, mine.Generations);
+        if (volume.Role == CoreRole.Primary && decision is not (SyncDecision.PeerIsNewer or SyncDecision.SplitBrain))
+        {
+            return (Refuse(RefuseReason.PeerIsPrimary, $"volume {volume.Name}: this node is primary too; two primaries never replicate to each other ({why})", volume), volume, "");
+        }
+
+        switch (decision)
+        {
+            case SyncDecision.PeerIsNewer:
+                return (Refuse(RefuseReason.PeerIsNewer, $"volume {volume.Name}: {why}", volume), volume, "");
+            case SyncDecision.SplitBrain:
+                volume.SetSplitBrain(true);
+                return (Refuse(RefuseReason.SplitBrain, $"volume {volume.Name}: {why}; no data touched, resolve with `blockrepl resolve --discard-my-data` on the victim", volume), volume, "");
+            case SyncDecision.Unrelated:
+                return (Refuse(RefuseReason.Unrelated, $"volume {volume.Name}: {why}", volume), volume, "");
+        }
+
+        var plan = decision switch
+        {
+            SyncDecision.InSync => SyncPlan.InSync,
+            SyncDecision.BitmapResync => SyncPlan.BitmapResync,
+            _ => SyncPlan.FullResync,
+        };
+        var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why }, volume);
+        reply.Fresh = mine.Generations.Fresh;
+        volume.SetSplitBrain(false);
+        return (reply, volume, why);
+    }
+
+    private static HandshakeReply Fill(HandshakeReply reply, Volume? volume)
+    {
+        if (volume is null)
+        {
+            return reply;
+        }
+
+        var mine = volume.DescribeForReceiver();
+        reply.NodeId = ByteString.CopyFrom(mine.NodeId.ToByteArray(bigEndian: true));
+        reply.CurrentGeneration = mine.Generations.Current;
+        reply.BitmapGeneration = mine.Generations.Bitmap;
+        reply.HistoryGenerations.AddRange(mine.Generations.History);
+        reply.Role = volume.Role == CoreRole.Primary ? WireRole.Primary : WireRole.Secondary;
+        reply.Disk = WireStates.ToWire(volume.Disk);
+        reply.NeedsFullSync = mine.Generations.NeedsFullSync;
+        return reply;
+    }
+
+    /// <summary>One accepted stream: apply loop plus ack writer.</summary>
+    private sealed class ReceiveStream(Volume volume, ReplicationSettings settings, IServerStreamWriter<ReplicationAck> responses, ulong first, int maxBatchBytes)
+        : IDisposable
+    {
+        private readonly SemaphoreSlim _ackSignal = new(0);
+        private readonly ulong _start = first;
+        private ulong _expected = first + 1;
+        private ulong _received = first;
+        private ulong _applied = first;
+        private ulong _durable = first;
+        private int _forceAck;
+
+        public bool SilentTooLong { get; private set; }
+
+        public void Dispose() => _ackSignal.Dispose();
+
+        public async Task RunAsync(IAsyncStreamReader<ReplicationFrame> requests, CancellationTokenSource streamCancel, CancellationToken token)
+        {
+            using var ackCancel = CancellationTokenSource.CreateLinkedTokenSource(token);
+            var acks = Task.Run(() => AckLoopAsync(ackCancel.Token), CancellationToken.None);
+            var buffer = ArrayPool<byte>.Shared.Rent(maxBatchBytes);
+            try
+            {
+                using var silence = new Timer(_ =>
+                {
+                    SilentTooLong = true;
+                    streamCancel.Cancel();
+                }, null, settings.PeerTimeout, Timeout.InfiniteTimeSpan);
+                while (await requests.MoveNext(token).ConfigureAwait(false))
+                {
+                    silence.Change(settings.PeerTimeout, Timeout.InfiniteTimeSpan);
+                    var frame = requests.Current;
+                    switch (frame.BodyCase)
+                    {
+                        case ReplicationFrame.BodyOneofCase.Batch:
+                            await ApplyBatchAsync(frame.Batch, buffer).ConfigureAwait(false);
+                            break;
+                        case ReplicationFrame.BodyOneofCase.Marker:
+                            await ApplyMarkerAsync(frame.Marker).ConfigureAwait(false);
+                            break;
+                        case ReplicationFrame.BodyOneofCase.Ping:
+                            Volatile.Write(ref _forceAck, 1);
+                            _ackSignal.Release();
+                            break;
+                        default:
+                            throw new ReplicationProtocolException(StatusCode.InvalidArgument, $"unexpected {frame.BodyCase} frame after the handshake");
+                    }
+                }
+            }
+            finally
+            {
+                await ackCancel.CancelAsync().ConfigureAwait(false);
+                try
+                {
+                    await acks.ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is OperationCanceledException or RpcException or IOException or InvalidOperationException)
+                {
+                }
+
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        private async Task ApplyBatchAsync(Batch batch, byte[] buffer)
+        {
+            if (batch.FirstSeq != _expected)
+            {
+                throw new ReplicationProtocolException(StatusCode.FailedPrecondition,
+                    $"sequence gap: expected batch at seq {_expected}, got seq {batch.FirstSeq}");
+            }
+
+            if (batch.RecordCount == 0 || batch.UncompressedLength == 0 || batch.UncompressedLength > (uint)maxBatchBytes)
+            {
+                throw new ReplicationProtocolException(StatusCode.InvalidArgument,
+                    $"batch at seq {batch.FirstSeq}: {batch.RecordCount} records, {batch.UncompressedLength} bytes is outside the agreed bounds (1..{maxBatchBytes})");
+            }
+
+            var packed = buffer.AsSpan(0, (int)batch.UncompressedLength);
+            if (!Lz4Codec.TryDecompress(batch.CompressedRecords.Span, packed, out var written) || written != packed.Length)
+            {
+                throw new ReplicationProtocolException(StatusCode.DataLoss,
+                    $"batch at seq {batch.FirstSeq}: LZ4 block does not decompress to {batch.UncompressedLength} bytes");
+            }
+
+            var last = batch.FirstSeq + batch.RecordCount - 1;
+            var needsDurable = false;
+            try
+            {
+                // The reader checks CRC, count and seqs of the whole batch before it yields a record.
+                var reader = new JournalBatchReader(packed, batch.FirstSeq, batch.RecordCount, batch.Crc32C);
+                Volatile.Write(ref _received, last);
+                while (reader.TryReadNext(out var header, out var payload))
+                {
+                    volume.ApplyRecord(header, payload);
+                    needsDurable |= header.IsFua || header.Kind == JournalRecordKind.Flush;
+                }
+            }
+            catch (JournalFormatException ex)
+            {
+                throw new ReplicationProtocolException(StatusCode.DataLoss, $"batch at seq {batch.FirstSeq}: {ex.Message}");
+            }
+
+            _expected = last + 1;
+            Volatile.Write(ref _applied, last);
+            volume.NoteSenderProgress(batch.SenderLastSeq, batch.SenderUnsentBytes, last);
+            if (needsDurable)
+            {
+                await volume.FlushImageAsync().ConfigureAwait(false);
+                Volatile.Write(ref _durable, last);
+            }
+
+            _ackSignal.Release();
+        }
+
+        private async Task ApplyMarkerAsync(ResyncMarker marker)
+        {
+            if (marker.Begin)
+            {
+                volume.BeginSyncTarget();
+            }
+            else
+            {
+                await volume.EndSyncTargetAsync(marker.Generation, marker.Full).ConfigureAwait(false);
+                Volatile.Write(ref _durable, Volatile.Read(ref _applied));
+                _ackSignal.Release();
+            }
+        }
+
+        private async Task AckLoopAsync(CancellationToken token)
+        {
+            ulong sentReceived = _start, sentApplied = _start, sentDurable = _start;
+            while (true)
+            {
+                var signalled = await _ackSignal.WaitAsync(settings.DurableInterval, token).ConfigureAwait(false);
+                var applied = Volatile.Read(ref _applied);
+                if (!signalled && applied > Volatile.Read(ref _durable))
+                {
+                    // Periodic durability: lets the sender clear what it holds for us even without flushes.
+                    await volume.FlushImageAsync().ConfigureAwait(false);
+                    InterlockedMax(ref _durable, applied);
+                }
+
+                var received = Volatile.Read(ref _received);
+                applied = Volatile.Read(ref _applied);
+                var durable = Volatile.Read(ref _durable);
+                var force = Interlocked.Exchange(ref _forceAck, 0) != 0;
+                if (force || received != sentReceived || applied != sentApplied || durable != sentDurable)
+                {
+                    // Values read in this order never claim applied > received or durable > applied.
+                    await responses.WriteAsync(new ReplicationAck
+                    {
+                        ReceivedSeq = Math.Max(received, applied),
+                        AppliedSeq = applied,
+                        DurableSeq = Math.Min(durable, applied),
+                    }, token).ConfigureAwait(false);
+                    (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
+                }
+            }
+        }
+
+        private static void InterlockedMax(ref ulong target, ulong value)
+        {
+            var current = Volatile.Read(ref target);
+            while (current < value)
+            {
+                var seen = Interlocked.CompareExchange(ref target, value, current);
+                if (seen == current)
+                {
+                    return;
+                }
+
+                current = seen;
+            }
+        }
+    }
+}
+
+/// <summary>A peer broke the replication protocol: the stream ends with <see cref="Code"/>.</summary>
+internal sealed class ReplicationProtocolException(StatusCode code, string message) : Exception(message)
+{
+    public StatusCode Code { get; } = code;
+}

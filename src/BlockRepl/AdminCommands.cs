@@ -1,0 +1,138 @@
+using System.Globalization;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.Service;
+using BlockRepl.Replication.V1;
+
+namespace BlockRepl;
+
+/// <summary>`blockrepl status|promote|demote`: clients of the daemon's Admin service.</summary>
+internal static class AdminCommands
+{
+    private static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(10);
+
+    public static async Task<int> StatusAsync(AdminAddress admin, string? volume, bool json, CancellationToken cancellationToken)
+    {
+        var reply = await CallAsync<StatusRequest, StatusReply>(admin, AdminService.StatusPath, new StatusRequest { Volume = volume ?? "" }, CallTimeout, cancellationToken)
+            .ConfigureAwait(false);
+        var report = StatusReport.From(reply);
+        Console.Out.Write(json ? JsonSerializer.Serialize(report, StatusJsonContext.Default.StatusReport) + "\n" : Format(report));
+        return 0;
+    }
+
+    public static async Task<int> PromoteAsync(AdminAddress admin, string? volume, bool force, CancellationToken cancellationToken)
+    {
+        var reply = await CallAsync<PromoteRequest, PromoteReply>(admin, AdminService.PromotePath, new PromoteRequest { Volume = volume ?? "", Force = force }, CallTimeout, cancellationToken)
+            .ConfigureAwait(false);
+        if (!reply.Done)
+        {
+            throw new UserError($"promote refused: {reply.Reason}");
+        }
+
+        var behind = reply.MissingRecords > 0
+            ? $"; it may be behind the old primary by {reply.MissingRecords} records that were not received (the old primary also held {reply.MissingBytes} bytes unsent)"
+            : "";
+        Console.Out.WriteLine($"blockrepl: promoted to primary (generation {reply.NewGeneration:x16}){behind}");
+        return 0;
+    }
+
+    public static async Task<int> DemoteAsync(AdminAddress admin, string? volume, CancellationToken cancellationToken)
+    {
+        var reply = await CallAsync<DemoteRequest, DemoteReply>(admin, AdminService.DemotePath, new DemoteRequest { Volume = volume ?? "" }, TimeSpan.FromSeconds(60), cancellationToken)
+            .ConfigureAwait(false);
+        if (!reply.Done)
+        {
+            throw new UserError($"demote refused: {reply.Reason}");
+        }
+
+        Console.Out.WriteLine($"blockrepl: demoted to secondary ({reply.ClosedClients} clients closed){(reply.Reason.Length > 0 ? "; " + reply.Reason : "")}");
+        return 0;
+    }
+
+    private static async Task<TResponse> CallAsync<TRequest, TResponse>(AdminAddress admin, string path, TRequest request, TimeSpan timeout, CancellationToken cancellationToken)
+        where TRequest : class, Google.Protobuf.IMessage<TRequest>
+        where TResponse : class, Google.Protobuf.IMessage<TResponse>, new()
+    {
+        using var channel = admin.CreateChannel();
+        try
+        {
+            return await channel.CallUnaryAsync<TRequest, TResponse>(path, request, CallOptions.WithTimeout(timeout, cancellationToken)).ConfigureAwait(false);
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && FindSocketError(ex) is { } socketError)
+        {
+            throw new UserError($"no daemon answers on {admin}: {socketError.Message}");
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.DeadlineExceeded)
+        {
+            throw new UserError($"the daemon on {admin} did not answer within {timeout.TotalSeconds:0} s");
+        }
+        catch (RpcException ex)
+        {
+            throw new UserError($"{admin}: {ex.Status.Detail} ({ex.StatusCode})");
+        }
+    }
+
+    private static Exception? FindSocketError(Exception ex)
+    {
+        for (var e = ex.InnerException; e is not null; e = e.InnerException)
+        {
+            if (e is SocketException)
+            {
+                return e;
+            }
+        }
+
+        return ex.InnerException ?? ex;
+    }
+
+    internal static string Format(StatusReport report)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine(ci, $"blockrepl {report.Version}, pid {report.Pid}, up since {report.StartedAt:u}");
+        foreach (var v in report.Volumes)
+        {
+            sb.AppendLine();
+            sb.AppendLine(ci, $"volume {v.Name}  {ByteSize.Format(v.SizeBytes)}  uuid {v.VolumeUuid}");
+            sb.AppendLine(ci, $"  role {v.Role}  disk {v.Disk}  connection {v.Connection}  mode {v.Mode}{(v.Peer is null ? "" : "  peer " + v.Peer)}");
+            sb.AppendLine(ci, $"  image {v.Image}");
+            sb.AppendLine(ci, $"  generation {v.Generations.Current}  bitmap {v.Generations.Bitmap}  history [{string.Join(' ', v.Generations.History)}]");
+            var c = v.Counters;
+            sb.AppendLine(ci, $"  reads {c.Reads} ({ByteSize.Format(c.BytesRead)})  writes {c.Writes} ({ByteSize.Format(c.BytesWritten)})  flushes {c.Flushes}  trims {c.Trims}  zeroes {c.Zeroes}  errors {c.Errors}");
+            if (v.Replication is { } r)
+            {
+                sb.AppendLine(ci, $"  replication: last seq {r.LastSeq}  received {r.ReceivedSeq}  applied {r.AppliedSeq}  durable {r.DurableSeq}  queued {r.QueuedRecords} records ({ByteSize.Format(r.QueuedBytes)})  oldest unacked {r.OldestUnackedUs / 1000.0:F1} ms  dirty {ByteSize.Format(v.DirtyBytes)}");
+            }
+
+            if (v.Wire is { } w)
+            {
+                sb.AppendLine(ci, $"  wire: {ByteSize.Format(w.PayloadBytes)} payload -> {ByteSize.Format(w.WireBytes)} on the wire ({w.WireToPayload:P0}) in {w.Batches} batches, {w.Records} records");
+            }
+
+            if (v.Resync is { } s)
+            {
+                sb.AppendLine(ci, $"  resync ({(s.Full ? "full" : "bitmap")}): {ByteSize.Format(s.DoneBytes)} of {ByteSize.Format(s.TotalBytes)}  {ByteSize.Format(s.BytesPerSecond)}/s  eta {s.EtaSeconds} s");
+            }
+
+            if (v.KnownMissing is { Records: > 0 } m)
+            {
+                sb.AppendLine(ci, $"  behind the primary by at least {m.Records} records (primary held {ByteSize.Format(m.Bytes)} unsent)");
+            }
+
+            if (v.LastError is not null)
+            {
+                sb.AppendLine(ci, $"  last error ({v.LastErrorAt:u}): {v.LastError}");
+            }
+
+            sb.AppendLine(ci, $"  clients {v.Clients.Count}");
+            foreach (var client in v.Clients)
+            {
+                sb.AppendLine(ci, $"    {client.FrontEnd} {client.Remote} since {client.Since:u}");
+            }
+        }
+
+        return sb.ToString();
+    }
+}
