@@ -40,6 +40,7 @@ internal static class ServeCommand
         var admin = AdminAddress.Parse(options.AdminAddress);
         Directory.CreateDirectory(options.DataDir);
 
+        ILogger? connectionLog = null;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o =>
@@ -73,7 +74,20 @@ internal static class ServeCommand
 
             if (replication.Listen is not null)
             {
-                k.Listen(replication.Listen, l => l.Protocols = HttpProtocols.Http2);
+                k.Listen(replication.Listen, l =>
+                {
+                    l.Protocols = HttpProtocols.Http2;
+                    l.Use(next => async connection =>
+                    {
+                        // Kestrel drops a connection that is not HTTP/2 (garbage, a port scan, HTTP/1) on its own, at
+                        // debug level; say it where an operator looks.
+                        await next(connection).ConfigureAwait(false);
+                        if (!connection.Items.ContainsKey(ReplicaService.ConnectionMarker))
+                        {
+                            ReplicationLog.NotGrpc(connectionLog!, connection.RemoteEndPoint?.ToString() ?? "?");
+                        }
+                    });
+                });
             }
         });
 
@@ -81,6 +95,7 @@ internal static class ServeCommand
         await using var appScope = app.ConfigureAwait(false);
         var loggers = app.Services.GetRequiredService<ILoggerFactory>();
         var log = loggers.CreateLogger("blockrepl");
+        connectionLog = loggers.CreateLogger("replication");
 
         Volume volume;
         try
@@ -151,6 +166,7 @@ internal static class ServeCommand
         app.Lifetime.ApplicationStopping.Register(() =>
         {
             DaemonLog.ShuttingDown(log);
+            replica.Stop(); // Kestrel's graceful stop would otherwise wait for the inbound stream to end
             if (!nbd.Stop(DrainTimeout))
             {
                 DaemonLog.DrainTimedOut(log, DrainTimeout.TotalSeconds);
@@ -170,7 +186,8 @@ internal static class ServeCommand
             await connector.DisposeAsync().ConfigureAwait(false);
         }
 
-        replica.CancelAll();
+        replica.Stop();
+        await replica.WaitForStreamsAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         volume.Dispose();       // fdatasync; records whether the stop was clean
         DaemonLog.VolumeClosed(log, volume.Name);
         if (admin.UnixPath is not null && File.Exists(admin.UnixPath))

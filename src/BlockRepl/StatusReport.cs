@@ -51,7 +51,8 @@ internal sealed record VolumeReport(
         [.. v.Clients.Select(c => new ClientReport(c.FrontEnd, c.Remote, DateTimeOffset.FromUnixTimeMilliseconds(c.SinceUnixMs)))],
         new CounterReport((long)v.Counters.Reads, (long)v.Counters.Writes, (long)v.Counters.Flushes, (long)v.Counters.Trims,
             (long)v.Counters.Zeroes, (long)v.Counters.BytesRead, (long)v.Counters.BytesWritten, (long)v.Counters.Errors),
-        v.Lag is { } l ? new ReplicationReport(l.LastSeq, l.ReceivedSeq, l.AppliedSeq, l.DurableSeq, (long)l.QueuedRecords, (long)l.QueuedBytes, (long)l.OldestUnackedUs) : null,
+        v.Lag is { } l ? new ReplicationReport(l.LastSeq, l.ReceivedSeq, l.AppliedSeq, l.DurableSeq, (long)l.QueuedRecords, (long)l.QueuedBytes, (long)l.OldestUnackedUs,
+            (long)l.AheadCount, (long)l.Connects, (long)l.Disconnects) : null,
         v.Wire is { } w ? new WireReport((long)w.PayloadBytes, (long)w.WireBytes, (long)w.Batches, (long)w.Records,
             w.PayloadBytes == 0 ? 0 : Math.Round((double)w.WireBytes / w.PayloadBytes, 4)) : null,
         v.Resync is { } r ? new ResyncReport((long)r.TotalBytes, (long)r.DoneBytes, (long)r.BytesPerSecond, (long)r.EtaSeconds, r.Full) : null,
@@ -68,7 +69,9 @@ internal sealed record ClientReport(string FrontEnd, string Remote, DateTimeOffs
 
 internal sealed record CounterReport(long Reads, long Writes, long Flushes, long Trims, long Zeroes, long BytesRead, long BytesWritten, long Errors);
 
-internal sealed record ReplicationReport(ulong LastSeq, ulong ReceivedSeq, ulong AppliedSeq, ulong DurableSeq, long QueuedRecords, long QueuedBytes, long OldestUnackedUs);
+internal sealed record ReplicationReport(
+    ulong LastSeq, ulong ReceivedSeq, ulong AppliedSeq, ulong DurableSeq, long QueuedRecords, long QueuedBytes, long OldestUnackedUs,
+    long AheadCount, long Connects, long Disconnects);
 
 internal sealed record WireReport(long PayloadBytes, long WireBytes, long Batches, long Records, double WireToPayload);
 

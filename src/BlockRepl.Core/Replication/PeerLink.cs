@@ -61,7 +61,10 @@ public readonly record struct ReplicationSnapshot(
     long ResyncTotalBytes,
     long ResyncDoneBytes,
     bool ResyncFull,
-    double ResyncElapsedSeconds);
+    double ResyncElapsedSeconds,
+    long AheadCount,
+    long Connects,
+    long Disconnects);
 
 /// <summary>
 /// The primary's side of one peer: sequence numbers, the bounded send queue, sent-but-not-durable records,
@@ -110,6 +113,9 @@ internal sealed class PeerLink
     private long _resyncDone;
     private long _resyncStarted;
     private long _resyncCursor;
+    private long _aheadCount;
+    private long _connects;
+    private long _disconnects;
 
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
@@ -220,6 +226,7 @@ internal sealed class PeerLink
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
                 _ahead = true;
+                _aheadCount++;
                 _bitmap.Mark(offset, length);
                 return null;
             }
@@ -341,6 +348,7 @@ internal sealed class PeerLink
         lock (_gate)
         {
             _accepted = true;
+            _connects++;
             if (fullResync)
             {
                 _bitmap.MarkAll();
@@ -368,6 +376,11 @@ internal sealed class PeerLink
             if (!_streaming)
             {
                 return;
+            }
+
+            if (_accepted)
+            {
+                _disconnects++;
             }
 
             _streaming = false;
@@ -776,7 +789,10 @@ internal sealed class PeerLink
                 ResyncTotalBytes: _resyncTotal,
                 ResyncDoneBytes: _resyncDone,
                 ResyncFull: _resyncFull,
-                ResyncElapsedSeconds: _resyncStarted == 0 ? 0 : Stopwatch.GetElapsedTime(_resyncStarted, now).TotalSeconds);
+                ResyncElapsedSeconds: _resyncStarted == 0 ? 0 : Stopwatch.GetElapsedTime(_resyncStarted, now).TotalSeconds,
+                AheadCount: _aheadCount,
+                Connects: _connects,
+                Disconnects: _disconnects);
         }
     }
 

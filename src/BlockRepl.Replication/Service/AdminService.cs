@@ -169,6 +169,9 @@ internal sealed class AdminService(
                 QueuedRecords = (ulong)r.QueuedRecords,
                 QueuedBytes = (ulong)r.QueuedBytes,
                 OldestUnackedUs = (ulong)r.OldestUnackedMicroseconds,
+                AheadCount = (ulong)r.AheadCount,
+                Connects = (ulong)r.Connects,
+                Disconnects = (ulong)r.Disconnects,
             };
             status.Wire = new WireStats
             {

@@ -189,6 +189,12 @@ internal sealed class PeerConnector : IAsyncDisposable
         {
         }
 
+        if (_volume.Role != CoreRole.Primary && !stop.IsCancellationRequested)
+        {
+            ReplicationLog.Info(_log, _volume.Name, "replication stream closed: this node is no longer primary");
+            return _settings.MinBackoff;
+        }
+
         if (silent)
         {
             throw new TimeoutException($"no ack or keepalive for {_settings.PeerTimeout.TotalSeconds:0.#} s (dead peer)");
@@ -298,6 +304,11 @@ internal sealed class PeerConnector : IAsyncDisposable
         var first = true;
         while (true)
         {
+            if (_volume.Role != CoreRole.Primary)
+            {
+                return; // demoted or stepped down: this stream ends here
+            }
+
             if (needResync || (link.HasDirty && !link.ResyncActive && !link.Ahead))
             {
                 await _volume.RunResyncAsync(first && full, first && targetFresh,

@@ -30,12 +30,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 {
     public const string ReplicatePath = "/blockrepl.v1.Replication/Replicate";
 
+    /// <summary>Set in a connection's items once a gRPC call arrived on it (see the daemon's connection logging).</summary>
+    public const string ConnectionMarker = "blockrepl.grpc";
+
     private readonly ConcurrentDictionary<string, (CancellationTokenSource Cancel, Task Done)> _active = new(StringComparer.Ordinal);
+    private volatile bool _stopping;
 
     public async Task ReplicateAsync(
         IAsyncStreamReader<ReplicationFrame> requests, IServerStreamWriter<ReplicationAck> responses, ServerCallContext context)
     {
         var remote = context.Peer;
+        if (context.GetHttpContext().Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionItemsFeature>() is { } items)
+        {
+            items.Items[ConnectionMarker] = true;
+        }
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
         var token = streamCancel.Token;
 
@@ -52,6 +60,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         }
 
         var handshake = requests.Current.Handshake;
+        if (_stopping)
+        {
+            throw new RpcException(StatusCode.Unavailable, "the daemon is stopping");
+        }
+
         var (reply, volume, decision) = Decide(handshake);
         if (!reply.Accepted)
         {
@@ -98,7 +111,8 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             }
             catch (OperationCanceledException) when (!context.CancellationToken.IsCancellationRequested)
             {
-                var why = stream.SilentTooLong ? $"no frame for {settings.PeerTimeout.TotalSeconds:0.#} s (dead peer)" : "replaced by a newer stream";
+                var why = stream.SilentTooLong ? $"no frame for {settings.PeerTimeout.TotalSeconds:0.#} s (dead peer)"
+                    : _stopping ? "this daemon is stopping" : "replaced by a newer stream";
                 ReplicationLog.StreamEnded(logger, volumeName, remote, why);
                 volume.ReportError($"replication stream from {remote} ended: {why}");
                 throw new RpcException(StatusCode.Unavailable, why);
@@ -128,7 +142,24 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         }
     }
 
-    /// <summary>Ends every stream (daemon stopping, or a role change).</summary>
+    /// <summary>Ends every stream and accepts no new one: the daemon is stopping.</summary>
+    public void Stop()
+    {
+        _stopping = true;
+        CancelAll();
+    }
+
+    /// <summary>Waits (bounded) until every stream's handler has returned, so the volume can be closed safely.</summary>
+    public async Task WaitForStreamsAsync(TimeSpan timeout)
+    {
+        var running = _active.Values.Select(e => e.Done).ToArray();
+        if (running.Length > 0)
+        {
+            await Task.WhenAny(Task.WhenAll(running), Task.Delay(timeout)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Ends every stream (daemon stopping, or a forced promotion).</summary>
     public void CancelAll()
     {
         foreach (var (cancel, _) in _active.Values)

@@ -32,6 +32,9 @@ internal static partial class ReplicationLog
     [LoggerMessage(EventId = 113, Level = LogLevel.Error, Message = "replication stream from {Remote} rejected: {Reason}; nothing of it was applied")]
     public static partial void StreamRejected(ILogger logger, string remote, string reason);
 
+    [LoggerMessage(EventId = 115, Level = LogLevel.Warning, Message = "replication port: connection from {Remote} closed without a gRPC request (not HTTP/2, or garbage); nothing applied")]
+    public static partial void NotGrpc(ILogger logger, string remote);
+
     [LoggerMessage(EventId = 114, Level = LogLevel.Information, Message = "volume {Volume}: {Message}")]
     public static partial void Info(ILogger logger, string volume, string message);
 }

@@ -60,7 +60,7 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     public static string AdminSocketOf(TempDirectory dir) => dir.PathOf("admin.sock");
 
-    public static string[] ServeArgs(TempDirectory dir, string size, string volume, string? nbd, string? image)
+    public static string[] ServeArgs(TempDirectory dir, string size, string volume, string? nbd, string? image, IEnumerable<string>? extra = null)
     {
         List<string> args =
         [
@@ -76,14 +76,15 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
             args.AddRange(["--image", image]);
         }
 
+        args.AddRange(extra ?? []);
         return [.. args];
     }
 
     /// <summary>Starts the daemon and waits for `blockrepl: ready volume=NAME nbd=URI admin=ADDR`.</summary>
     public static async Task<DaemonProcess> StartAsync(
-        TempDirectory dir, string size = "64M", string volume = "vol", string? nbd = null, string? image = null)
+        TempDirectory dir, string size = "64M", string volume = "vol", string? nbd = null, string? image = null, IEnumerable<string>? extra = null)
     {
-        var child = ChildProcess.Start(RepoLayout.DaemonBinary, ServeArgs(dir, size, volume, nbd, image));
+        var child = ChildProcess.Start(RepoLayout.DaemonBinary, ServeArgs(dir, size, volume, nbd, image, extra));
         try
         {
             var line = await child.WaitForLineAsync(l => l.StartsWith("blockrepl: ready", StringComparison.Ordinal), "daemon ready line");
@@ -130,6 +131,14 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
     }
 
     /// <summary>`blockrepl status --admin ADDR --json`, parsed.</summary>
+    /// <summary>The `listen=` field of the ready line (replication address), or null.</summary>
+    public string? ReadyField(string name)
+    {
+        var line = _child.StdoutLines.FirstOrDefault(l => l.StartsWith("blockrepl: ready", StringComparison.Ordinal)) ?? "";
+        var m = Regex.Match(line, $@" {Regex.Escape(name)}=(\S+)");
+        return m.Success ? m.Groups[1].Value : null;
+    }
+
     public async Task<JsonElement> StatusJsonAsync()
     {
         var result = (await Tool.RunAsync(RepoLayout.DaemonBinary, ["status", "--admin", AdminAddress, "--json"], Tool.DefaultTimeout))
@@ -166,6 +175,6 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     public ValueTask DisposeAsync() => _child.DisposeAsync();
 
-    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)$")]
+    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: listen=\S+)?(?: peer=\S+)?$")]
     private static partial Regex ReadyLine();
 }
