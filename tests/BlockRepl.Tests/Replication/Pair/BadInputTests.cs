@@ -1,0 +1,209 @@
+using System.Net;
+using System.Net.Sockets;
+using BlockRepl.Core.Journal;
+using BlockRepl.Replication.Grpc;
+using BlockRepl.Replication.Lz4;
+using BlockRepl.Replication.Service;
+using BlockRepl.Replication.V1;
+using BlockRepl.Tests.Integration;
+using Google.Protobuf;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace BlockRepl.Tests.Replication.Pair;
+
+/// <summary>
+/// What a receiver does with input it must not apply: another volume, another size, garbage bytes, a batch with
+/// a bad CRC, a sequence gap. Each is refused or disconnected with a log line, and the image stays untouched.
+/// </summary>
+[Collection(DaemonCollection.Name)]
+public sealed class BadInputTests(ITestOutputHelper output)
+{
+    private const string Size = "32M";
+
+    [Fact]
+    public async Task SizeMismatch_Refused_NothingWritten()
+    {
+        Tool.Require("qemu-io");
+        using var smallDir = new TempDirectory();
+        using var bigDir = new TempDirectory();
+        var port = ReplicaPair.FreePort();
+        await using var small = await DaemonProcess.StartAsync(smallDir, "16M", nbd: "unix:" + smallDir.PathOf("nbd.sock"),
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+        var image = Path.Combine(DaemonProcess.DataDirOf(smallDir), "vol.img");
+        var before = await TestData.Sha256OfFileAsync(image);
+        await using var big = await DaemonProcess.StartAsync(bigDir, Size, nbd: "unix:" + bigDir.PathOf("nbd.sock"),
+            extra: ["--role", "primary", "--peer", $"http://127.0.0.1:{port}"]);
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", big.NbdUri, "-c", "write -P 0x77 0 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+
+        var a = await ReplicaPair.WaitForAsync(big, v => (v.GetProperty("lastError").GetString() ?? "").Contains("size mismatch", StringComparison.Ordinal),
+            "the size refusal in the primary's status");
+        output.WriteLine(a.GetProperty("lastError").GetString());
+        Assert.Equal("connecting", ReplicaPair.Str(a, "connection"));
+        await WaitForLogAsync(small, "size mismatch: sender has 33554432 bytes, this node 16777216");
+        await big.StopAsync();
+        await small.StopAsync();
+        Assert.Equal(before, await TestData.Sha256OfFileAsync(image));
+    }
+
+    [Fact]
+    public async Task WrongVolumeUuid_RefusedAsDifferentVolumes_NothingWritten()
+    {
+        Tool.Require("qemu-io");
+        await using var pair = await ReplicaPair.StartAsync("sync", Size);
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x21 0 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        await pair.A.StopAsync();
+        var before = await TestData.Sha256OfFileAsync(pair.ImageB);
+
+        // An unrelated primary (its own new volume uuid) on A's port, pointing at B.
+        using var other = new TempDirectory();
+        await using var stranger = await DaemonProcess.StartAsync(other, Size, nbd: "unix:" + other.PathOf("nbd.sock"),
+            extra: ["--role", "primary", "--listen", $"127.0.0.1:{pair.PortA}", "--peer", $"http://127.0.0.1:{pair.PortB}"]);
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", stranger.NbdUri, "-c", "write -P 0x66 0 2M"], Tool.DefaultTimeout)).EnsureSuccess();
+
+        var s = await ReplicaPair.WaitForAsync(stranger, v => (v.GetProperty("lastError").GetString() ?? "").Contains("different volumes", StringComparison.Ordinal),
+            "the uuid refusal in the stranger's status");
+        output.WriteLine(s.GetProperty("lastError").GetString());
+        await WaitForLogAsync(pair.B!, "is not this node's");
+        await stranger.StopAsync();
+        await pair.B!.StopAsync();
+        Assert.Equal(before, await TestData.Sha256OfFileAsync(pair.ImageB));
+    }
+
+    [Fact]
+    public async Task GarbageBytesOnTheReplicationPort_ConnectionDropped_DaemonServesOn()
+    {
+        using var dir = new TempDirectory();
+        var port = ReplicaPair.FreePort();
+        await using var node = await DaemonProcess.StartAsync(dir, Size, nbd: "unix:" + dir.PathOf("nbd.sock"),
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+        var image = Path.Combine(DaemonProcess.DataDirOf(dir), "vol.img");
+        var before = await TestData.Sha256OfFileAsync(image);
+
+        foreach (var garbage in new[] { TestData.RandomBytes(4096, 1), "GET / HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray().Concat(TestData.RandomBytes(512, 2)).ToArray() })
+        {
+            using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            await socket.SendAsync(garbage);
+            socket.Shutdown(SocketShutdown.Send);
+            var buffer = new byte[65536];
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            while (await socket.ReceiveAsync(buffer, SocketFlags.None, timeout.Token) > 0)
+            {
+            }
+        }
+
+        await WaitForLogAsync(node, "closed without a gRPC request");
+        var v = await ReplicaPair.VolumeAsync(node); // still answering
+        Assert.Equal("secondary", ReplicaPair.Str(v, "role"));
+        await node.StopAsync();
+        Assert.Equal(before, await TestData.Sha256OfFileAsync(image));
+    }
+
+    [Fact]
+    public async Task BadCrcAndSequenceGap_StreamEnded_NothingApplied_ValidBatchApplied()
+    {
+        using var dir = new TempDirectory();
+        var port = ReplicaPair.FreePort();
+        await using var node = await DaemonProcess.StartAsync(dir, Size, nbd: "unix:" + dir.PathOf("nbd.sock"),
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+        var image = Path.Combine(DaemonProcess.DataDirOf(dir), "vol.img");
+        var zeroes = await TestData.Sha256OfFileAsync(image);
+        using var channel = GrpcChannel.ForAddress(new Uri($"http://127.0.0.1:{port}"));
+        var uuid = Guid.NewGuid();
+
+        // A batch whose CRC does not match its records: DATA_LOSS, nothing applied.
+        var crc = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 1, corruptCrc: true);
+        output.WriteLine($"bad CRC: {crc?.StatusCode}: {crc?.Status.Detail}");
+        Assert.NotNull(crc);
+        Assert.Equal(StatusCode.DataLoss, crc.StatusCode);
+        Assert.Contains("CRC", crc.Status.Detail, StringComparison.OrdinalIgnoreCase);
+        await WaitForLogAsync(node, "nothing of it was applied");
+        Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
+
+        // A batch that skips a seq: FAILED_PRECONDITION, nothing applied.
+        var gap = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 2, corruptCrc: false);
+        output.WriteLine($"gap: {gap?.StatusCode}: {gap?.Status.Detail}");
+        Assert.NotNull(gap);
+        Assert.Equal(StatusCode.FailedPrecondition, gap.StatusCode);
+        Assert.Contains("sequence gap", gap.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
+
+        // The same client with a correct batch is applied: the two refusals above were about the batches.
+        var ok = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 1, corruptCrc: false);
+        Assert.Null(ok);
+        await node.StopAsync();
+        var bytes = TestData.ReadFileRange(image, 8192, 4096);
+        Assert.True(bytes.AsSpan().IndexOfAnyExcept((byte)0x42) < 0, "the valid batch was not applied");
+    }
+
+    /// <summary>
+    /// Opens a Replicate stream as a primary would, sends one batch (4 KiB of 0x42 at 8192) and returns the error
+    /// that ended the stream, or null when the batch was acknowledged as applied.
+    /// </summary>
+    private static async Task<RpcException?> SendOneBatchAsync(GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, ulong batchFirstSeq, bool corruptCrc)
+    {
+        using var call = channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, CallOptions.WithTimeout(TimeSpan.FromSeconds(30)));
+        var handshake = new Handshake
+        {
+            ProtocolVersion = 1,
+            VolumeUuid = ByteString.CopyFrom(uuid.ToByteArray(bigEndian: true)),
+            VolumeName = "vol",
+            SizeBytes = 32UL << 20,
+            NodeId = ByteString.CopyFrom(Guid.NewGuid().ToByteArray(bigEndian: true)),
+            CurrentGeneration = 0x1234_5678_9abc_def0,
+            Mode = ReplicationMode.Sync,
+            Role = VolumeRole.Primary,
+            FirstSeq = handshakeFirstSeq,
+            MaxBatchBytes = ReplicationSettings.MaxBatchBytes,
+        };
+        await call.RequestStream.WriteAsync(new ReplicationFrame { Handshake = handshake });
+        Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None), "no handshake reply");
+        var reply = call.ResponseStream.Current.HandshakeReply;
+        Assert.True(reply.Accepted, $"handshake refused: {reply}");
+
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        var payload = Enumerable.Repeat((byte)0x42, 4096).ToArray();
+        Assert.True(writer.TryAppend(JournalRecordHeader.ForWrite(batchFirstSeq, 8192, payload.Length, fua: true), payload));
+        var compressed = new byte[Lz4Codec.MaxCompressedLength(writer.UncompressedLength)];
+        var length = Lz4Codec.Compress(writer.Packed, compressed);
+        await call.RequestStream.WriteAsync(new ReplicationFrame
+        {
+            Batch = new Batch
+            {
+                FirstSeq = batchFirstSeq,
+                RecordCount = 1,
+                UncompressedLength = (uint)writer.UncompressedLength,
+                CompressedRecords = ByteString.CopyFrom(compressed, 0, length),
+                Crc32C = corruptCrc ? writer.PackedCrc32C ^ 0x1 : writer.PackedCrc32C,
+            },
+        });
+        try
+        {
+            while (await call.ResponseStream.MoveNext(CancellationToken.None))
+            {
+                if (call.ResponseStream.Current.DurableSeq >= batchFirstSeq)
+                {
+                    return null;
+                }
+            }
+
+            return new RpcException(call.GetStatus());
+        }
+        catch (RpcException ex)
+        {
+            return ex;
+        }
+    }
+
+    private static async Task WaitForLogAsync(DaemonProcess daemon, string text)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!daemon.Stderr.Contains(text, StringComparison.Ordinal))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"no log line containing '{text}':\n{daemon.Stderr}");
+            await Task.Delay(100);
+        }
+    }
+}
