@@ -1,0 +1,54 @@
+using BlockRepl.Core.Replication;
+
+namespace BlockRepl.Tests.Unit.Replication;
+
+public sealed class DirtyBitmapTests
+{
+    [Fact]
+    public void Mark_UnalignedRange_DirtiesEveryTouchedChunk()
+    {
+        var bitmap = new DirtyBitmap(1 << 20);
+        bitmap.Mark(4095, 2); // touches chunks 0 and 1
+        Assert.Equal(2, bitmap.DirtyChunks);
+        Assert.Equal(8192, bitmap.DirtyBytes);
+        bitmap.Mark(0, 4096); // already dirty
+        Assert.Equal(2, bitmap.DirtyChunks);
+    }
+
+    [Fact]
+    public void TakeRun_ClearsAndReturnsContiguousRunsInOrder_ThenWraps()
+    {
+        var bitmap = new DirtyBitmap(1 << 20);
+        bitmap.Mark(8192, 3 * 4096);
+        bitmap.Mark(100 * 4096, 4096);
+        Assert.True(bitmap.TakeRun(50 * 4096, 1 << 20, out var offset, out var length));
+        Assert.Equal((100 * 4096L, 4096), (offset, length));
+        Assert.True(bitmap.TakeRun(offset + length, 1 << 20, out offset, out length)); // wraps to the start
+        Assert.Equal((8192L, 3 * 4096), (offset, length));
+        Assert.True(bitmap.IsEmpty);
+        Assert.False(bitmap.TakeRun(0, 1 << 20, out _, out _));
+    }
+
+    [Fact]
+    public void TakeRun_LimitsTheRunLength()
+    {
+        var bitmap = new DirtyBitmap(1 << 20);
+        bitmap.Mark(0, 1 << 20);
+        Assert.True(bitmap.TakeRun(0, 64 * 1024, out var offset, out var length));
+        Assert.Equal((0L, 65536), (offset, length));
+        Assert.Equal((1 << 20) - 65536, bitmap.DirtyBytes);
+    }
+
+    [Fact]
+    public void OddSizedVolume_LastChunkCountsOnlyToTheEnd()
+    {
+        var bitmap = new DirtyBitmap(10_000);
+        bitmap.MarkAll();
+        Assert.Equal(3, bitmap.DirtyChunks);
+        Assert.Equal(10_000, bitmap.DirtyBytes);
+        Assert.True(bitmap.TakeRun(0, 1 << 20, out var offset, out var length));
+        Assert.Equal((0L, 10_000), (offset, length));
+        bitmap.Mark(9_999, 100); // clamped at the end
+        Assert.Equal(1, bitmap.DirtyChunks);
+    }
+}

@@ -1,0 +1,115 @@
+using BlockRepl.Core.Journal;
+using BlockRepl.Core.Replication;
+
+namespace BlockRepl.Tests.Unit.Replication;
+
+/// <summary>The sending side's bookkeeping, without sockets: acks, ahead, stream loss, block policy.</summary>
+public sealed class PeerLinkTests
+{
+    private const long Size = 64L << 20;
+
+    private static async Task<LinkTake> TakeAsync(PeerLink link, JournalBatchWriter writer) =>
+        await link.TakeAsync(writer, 1 << 20, TimeSpan.FromSeconds(5), CancellationToken.None);
+
+    [Fact]
+    public async Task Sync_WriteCompletesOnApplied_FuaOnDurable()
+    {
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
+        Assert.Equal(1UL, link.OpenStream());
+        Assert.False(link.StreamAccepted(fullResync: false));
+        var plain = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!;
+        var fua = link.Submit(JournalRecordKind.Write, 4096, 4096, new byte[4096], fua: true)!;
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        var take = await TakeAsync(link, writer);
+        Assert.Equal(2, take.Records);
+
+        Assert.True(link.OnAck(2, 2, 0));
+        Assert.True(plain.IsCompletedSuccessfully);
+        Assert.False(fua.IsCompleted);
+        Assert.True(link.OnAck(2, 2, 2));
+        Assert.True(fua.IsCompletedSuccessfully);
+        Assert.True(link.IsDrained);
+    }
+
+    [Fact]
+    public async Task OnAck_BeyondWhatWasSent_IsRejected()
+    {
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
+        link.OpenStream();
+        link.StreamAccepted(false);
+        _ = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false);
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        await TakeAsync(link, writer);
+        Assert.False(link.OnAck(5, 5, 5));
+        Assert.False(link.OnAck(1, 1, 2)); // durable beyond applied
+    }
+
+    [Fact]
+    public async Task CloseStream_UnackedAndQueuedRecordsBecomeDirty_ContinuePolicyCompletesWaiters()
+    {
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
+        link.OpenStream();
+        link.StreamAccepted(false);
+        var sent = link.Submit(JournalRecordKind.Write, 0, 8192, new byte[8192], fua: false)!;
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        await TakeAsync(link, writer);
+        var queued = link.Submit(JournalRecordKind.Zero, 1 << 20, 1 << 20, default, fua: false)!;
+        link.CloseStream();
+        Assert.True(sent.IsCompletedSuccessfully && queued.IsCompletedSuccessfully);
+        Assert.Equal(8192 + (1 << 20), link.Snapshot().DirtyBytes);
+
+        // While away, writes only mark the bitmap.
+        Assert.Null(link.Submit(JournalRecordKind.Write, 4L << 20, 4096, new byte[4096], fua: true));
+        Assert.Equal(8192 + (1 << 20) + 4096, link.Snapshot().DirtyBytes);
+    }
+
+    [Fact]
+    public async Task BlockPolicy_WaitersHeldUntilTheResyncIsDurable()
+    {
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Block, 8 << 20);
+        link.OpenStream();
+        link.StreamAccepted(false);
+        var write = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!;
+        link.CloseStream();
+        Assert.False(write.IsCompleted);
+        Assert.True(link.MustWait(4096));
+
+        Assert.Equal(2UL, link.OpenStream());
+        Assert.True(link.StreamAccepted(false)); // dirty: a resync must run
+        Assert.True(link.BeginResync(full: false));
+        Assert.True(link.TakeResyncRun(1 << 20, out var offset, out var length));
+        link.SubmitResync(offset, length, new byte[length], skip: false);
+        Assert.True(link.TryEndResync(0x77));
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        Assert.NotNull((await TakeAsync(link, writer)).Marker); // begin
+        Assert.Equal(1, (await TakeAsync(link, writer)).Records);
+        Assert.False((await TakeAsync(link, writer)).Marker!.Begin); // end
+        Assert.False(write.IsCompleted);
+        link.OnAck(2, 2, 2);
+        Assert.True(write.IsCompletedSuccessfully);
+    }
+
+    [Fact]
+    public async Task Async_QueueOverflow_GoesAhead_DropsToBitmap_LeavesAheadWhenDrained()
+    {
+        var link = new PeerLink(Size, ReplicationMode.Async, PeerLossPolicy.Continue, 2 << 20);
+        link.OpenStream();
+        link.StreamAccepted(false);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Null(link.Submit(JournalRecordKind.Write, (long)i << 20, 1 << 20, new byte[1 << 20], fua: false));
+        }
+
+        Assert.True(link.Ahead);
+        Assert.Equal(1 << 20, link.Snapshot().DirtyBytes);
+        Assert.Equal(1, link.Snapshot().AheadCount);
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        while (link.Snapshot().QueuedRecords > 0 && link.Ahead)
+        {
+            await TakeAsync(link, writer);
+        }
+
+        Assert.False(link.Ahead);
+        Assert.True(link.HasDirty);
+    }
+}
