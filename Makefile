@@ -2,7 +2,7 @@
 #   make deps         install the Debian packages the tests and benchmarks use (tools/install-deps.sh)
 #   make build        dotnet restore + build (Release)
 #   make test         deps + build, then run every test with per-test output
-#   make run          deps + build, then start a local standalone volume (tools/run-local.sh)
+#   make run          deps + build, then start a local primary/secondary pair (tools/run-local.sh)
 #   make bench        deps + build, then the NBD end-to-end benchmark vs qemu-nbd and nbdkit
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs

@@ -1,139 +1,169 @@
 #!/usr/bin/env bash
-# Start a local standalone blockrepl volume and print how to connect to it.
+# Start a local blockrepl pair on loopback — node A primary, node B secondary, replicating in sync mode —
+# and print how to connect a client and how to try a failover.
 #
 #   make run                      (builds first), or: bash tools/run-local.sh
-#   NBD_PORT=10810 DATA_DIR=/tmp/br SIZE=4G bash tools/run-local.sh
+#   MODE=async SIZE=4G DATA_DIR=/tmp/br bash tools/run-local.sh
 #
-# Environment: NBD_PORT (10809), DATA_DIR (./data), SIZE (1G), VOLUME (vol0),
-#              BLOCKREPL (path to the built daemon), READY_TIMEOUT (seconds, 60).
-# Ctrl-C (or SIGTERM to this script) stops the daemon cleanly and exits 0.
+# Environment: DATA_DIR (./data; the nodes use DATA_DIR/a and DATA_DIR/b), SIZE (1G, sparse images),
+#              VOLUME (vol0), MODE (sync|async), NBD_PORT_A (10809), NBD_PORT_B (10810),
+#              REPL_PORT_A (7800), REPL_PORT_B (7801), BLOCKREPL (the built daemon), READY_TIMEOUT (60 s).
+# Ctrl-C (or SIGTERM to this script) stops both daemons cleanly and exits 0.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NBD_PORT="${NBD_PORT:-10809}"
 DATA_DIR="${DATA_DIR:-./data}"
 SIZE="${SIZE:-1G}"
 VOLUME="${VOLUME:-vol0}"
+MODE="${MODE:-sync}"
+NBD_PORT_A="${NBD_PORT_A:-10809}"
+NBD_PORT_B="${NBD_PORT_B:-10810}"
+REPL_PORT_A="${REPL_PORT_A:-7800}"
+REPL_PORT_B="${REPL_PORT_B:-7801}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 BLOCKREPL="${BLOCKREPL:-$REPO/src/BlockRepl/bin/Release/net10.0/blockrepl}"
 
 die() { echo "run-local: $*" >&2; exit 1; }
 
-[[ "$NBD_PORT" =~ ^[0-9]+$ ]] || die "NBD_PORT must be a number, got '$NBD_PORT'"
+[[ "$MODE" == sync || "$MODE" == async ]] || die "MODE must be sync or async, got '$MODE'"
 [[ -x "$BLOCKREPL" ]] || die "$BLOCKREPL not found or not executable: run 'make build' first"
 BLOCKREPL="$(cd "$(dirname "$BLOCKREPL")" && pwd)/$(basename "$BLOCKREPL")"
 
-# Is the port free? (SO_REUSEADDR, as servers use, so TIME_WAIT leftovers do not count.)
-if ! python3 - "$NBD_PORT" <<'PY' 2>/dev/null
+for port in "$NBD_PORT_A" "$NBD_PORT_B" "$REPL_PORT_A" "$REPL_PORT_B"; do
+    [[ "$port" =~ ^[0-9]+$ ]] || die "ports must be numbers, got '$port'"
+    # Is the port free? (SO_REUSEADDR, as servers use, so TIME_WAIT leftovers do not count.)
+    if ! python3 - "$port" <<'PY' 2>/dev/null
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 PY
-then
-    echo "run-local: port 127.0.0.1:$NBD_PORT is already in use (set NBD_PORT=... to use another)" >&2
-    exit 1
-fi
-
-mkdir -p "$DATA_DIR"
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-ADMIN="unix:$DATA_DIR/admin.sock"
-LOG="$DATA_DIR/blockrepl.log"
-: >"$LOG"
-
-echo "run-local: starting $BLOCKREPL serve (volume $VOLUME, size $SIZE, data $DATA_DIR); log: $LOG"
-# The daemon runs in its own session (setsid), so a terminal Ctrl-C reaches only this script,
-# which then stops the daemon with SIGTERM and waits for it. Its stdout and stderr go to $LOG
-# (a file, not a pipe, so nothing breaks when the viewer goes away); tail shows them here.
-setsid "$BLOCKREPL" serve --data-dir "$DATA_DIR" --volume "$VOLUME" --size "$SIZE" \
-    --nbd "127.0.0.1:$NBD_PORT" --admin "$ADMIN" </dev/null >>"$LOG" 2>&1 &
-PID=$!
-tail -n +1 -s 0.2 -f --pid="$PID" "$LOG" &
-TAIL=$!
-
-STOPPING=0
-stop_daemon() {
-    local sig="${1:-TERM}" i
-    kill -0 "$PID" 2>/dev/null || return 0
-    kill -"$sig" "$PID" 2>/dev/null || true
-    # Give it 30 s to finish in-flight requests and flush, then force it.
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$PID" 2>/dev/null; then
-        echo "run-local: daemon $PID did not stop within 30 s after SIG$sig; killing it" >&2
-        kill -KILL "$PID" 2>/dev/null || true
+    then
+        die "port 127.0.0.1:$port is already in use (see the environment variables at the top of $0)"
     fi
-    wait "$PID" 2>/dev/null || true
-    # tail prints what is left in the log and exits by itself once the daemon is gone.
-    for ((i = 0; i < 10; i++)); do kill -0 "$TAIL" 2>/dev/null || break; sleep 0.1; done
-    kill "$TAIL" 2>/dev/null || true
-    wait "$TAIL" 2>/dev/null || true
+done
+
+mkdir -p "$DATA_DIR/a" "$DATA_DIR/b"
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+declare -A PID LOG ADMIN
+for n in a b; do
+    LOG[$n]="$DATA_DIR/$n/blockrepl.log"
+    ADMIN[$n]="unix:$DATA_DIR/$n/admin.sock"
+    : >"${LOG[$n]}"
+done
+
+start_node() { # node role nbd_port repl_port peer_port
+    local n=$1
+    # Each daemon runs in its own session (setsid), so a terminal Ctrl-C reaches only this script, which then
+    # stops the daemons with SIGTERM and waits for them. Output goes to a file, not a pipe.
+    setsid "$BLOCKREPL" serve --data-dir "$DATA_DIR/$n" --volume "$VOLUME" --size "$SIZE" --role "$2" \
+        --nbd "127.0.0.1:$3" --admin "${ADMIN[$n]}" --listen "127.0.0.1:$4" --peer "http://127.0.0.1:$5" \
+        --mode "$MODE" </dev/null >>"${LOG[$n]}" 2>&1 &
+    PID[$n]=$!
+}
+
+TAIL=""
+STOPPING=0
+stop_all() {
+    local n i
+    for n in a b; do
+        [[ -n "${PID[$n]:-}" ]] && kill -TERM "${PID[$n]}" 2>/dev/null || true
+    done
+    for n in a b; do
+        [[ -n "${PID[$n]:-}" ]] || continue
+        # 30 s to finish in-flight requests, ship what is queued and flush; then force.
+        for ((i = 0; i < 300; i++)); do kill -0 "${PID[$n]}" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "${PID[$n]}" 2>/dev/null; then
+            echo "run-local: node $n (pid ${PID[$n]}) did not stop within 30 s; killing it" >&2
+            kill -KILL "${PID[$n]}" 2>/dev/null || true
+        fi
+        wait "${PID[$n]}" 2>/dev/null || true
+    done
+    if [[ -n "$TAIL" ]]; then kill "$TAIL" 2>/dev/null || true; wait "$TAIL" 2>/dev/null || true; fi
 }
 on_signal() {
     ((STOPPING)) && return
     STOPPING=1
     echo
-    echo "run-local: stopping blockrepl (pid $PID) ..."
-    stop_daemon TERM
+    echo "run-local: stopping both nodes ..."
+    stop_all
     echo "run-local: stopped"
     exit 0
 }
 trap on_signal INT TERM
-trap 'stop_daemon TERM' EXIT   # any other way out (errors) must not leave the daemon running
+trap stop_all EXIT   # any other way out (errors) must not leave a daemon running
 
-# Wait for the single 'ready' line:
-#   blockrepl: ready volume=vol0 nbd=nbd://127.0.0.1:10809/vol0 admin=unix:/abs/path/admin.sock
-ready_line=""
+wait_ready() { # node -> prints the ready line
+    local n=$1 i line
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        if line=$(grep -m1 -E '^blockrepl: ready ' "${LOG[$n]}" 2>/dev/null); then
+            echo "$line"; return 0
+        fi
+        if ! kill -0 "${PID[$n]}" 2>/dev/null; then
+            cat "${LOG[$n]}" >&2
+            die "node $n exited before it was ready (log: ${LOG[$n]})"
+        fi
+        sleep 0.1
+    done
+    die "node $n did not print its ready line within ${READY_TIMEOUT} s (log: ${LOG[$n]})"
+}
+
+echo "run-local: starting a $MODE pair: volume $VOLUME ($SIZE, sparse), data in $DATA_DIR/{a,b}"
+start_node b secondary "$NBD_PORT_B" "$REPL_PORT_B" "$REPL_PORT_A"
+wait_ready b >/dev/null
+start_node a primary "$NBD_PORT_A" "$REPL_PORT_A" "$REPL_PORT_B"
+wait_ready a >/dev/null
+
+# Both logs, each line prefixed with its node.
+( tail -n +1 -s 0.2 -F "${LOG[a]}" 2>/dev/null | sed -u 's/^/[a] /' &
+  tail -n +1 -s 0.2 -F "${LOG[b]}" 2>/dev/null | sed -u 's/^/[b] /' &
+  wait ) &
+TAIL=$!
+
+# Wait until the primary reports the pair connected (first start: a full sync that skips holes).
 for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    if ready_line=$(grep -m1 -E '(^|: )ready( |$)' "$LOG" 2>/dev/null); then
-        break
-    fi
-    if ! kill -0 "$PID" 2>/dev/null; then
-        rc=0; wait "$PID" || rc=$?
-        stop_daemon TERM   # only collects tail
-        trap - EXIT
-        die "blockrepl exited with status $rc before it was ready (see output above, or $LOG)"
-    fi
+    state=$("$BLOCKREPL" status --admin "${ADMIN[a]}" --json 2>/dev/null | python3 -c 'import json,sys; v=json.load(sys.stdin)["volumes"][0]; print(v["role"], v["connection"])' 2>/dev/null || true)
+    [[ "$state" == "primary connected" || "$state" == "secondary connected" ]] && break
     sleep 0.1
 done
-[[ -n "$ready_line" ]] || die "blockrepl did not print its ready line within ${READY_TIMEOUT} s (see $LOG)"
 
-URI=$(sed -n 's/.*[[:space:]]nbd=\([^[:space:]]*\).*/\1/p' <<<"$ready_line")
-URI="${URI:-nbd://127.0.0.1:$NBD_PORT/$VOLUME}"
-ADMIN_READY=$(sed -n 's/.*[[:space:]]admin=\([^[:space:]]*\).*/\1/p' <<<"$ready_line")
-ADMIN_READY="${ADMIN_READY:-$ADMIN}"
-
-sleep 0.3   # let tail show the ready line first
+URI_A="nbd://127.0.0.1:$NBD_PORT_A/$VOLUME"
+URI_B="nbd://127.0.0.1:$NBD_PORT_B/$VOLUME"
+sleep 0.3
 cat <<MSG
 
 ==============================================================================
-blockrepl is serving volume '$VOLUME' ($SIZE) at $URI   (pid $PID)
+blockrepl pair ($MODE mode), volume '$VOLUME' ($SIZE):
+  node a  primary    NBD $URI_A   replication 127.0.0.1:$REPL_PORT_A   (pid ${PID[a]})
+  node b  secondary  NBD $URI_B   replication 127.0.0.1:$REPL_PORT_B   (pid ${PID[b]}, read-only)
 
-Inspect it:
-  nbdinfo $URI
-  qemu-img info $URI
-Write 1 MiB of 0xab at offset 0, then read it back:
-  qemu-io -f raw -c 'write -P 0xab 0 1M' $URI
-  qemu-io -f raw -c 'read -P 0xab 0 1M' $URI
-Attach it to a VM (qemu-system-x86_64), either
-  -drive file=$URI,format=raw,if=virtio,cache=none,aio=native
-or
-  -blockdev driver=nbd,node-name=$VOLUME,server.type=inet,server.host=127.0.0.1,server.port=$NBD_PORT,export=$VOLUME \\
-  -device virtio-blk-pci,drive=$VOLUME
-Daemon status:
-  $BLOCKREPL status --admin $ADMIN_READY
+Connect a client to the primary:
+  nbdinfo $URI_A
+  qemu-io -f raw -c 'write -P 0xab 0 1M' $URI_A
+  qemu-system-x86_64 ... -drive file=$URI_A,format=raw,if=virtio,cache=none
+Status of each node:
+  $BLOCKREPL status --admin ${ADMIN[a]}
+  $BLOCKREPL status --admin ${ADMIN[b]}
 
-Press Ctrl-C to stop the daemon.
+Try a failover:
+  kill -9 ${PID[a]}                                   # the primary dies
+  $BLOCKREPL promote --admin ${ADMIN[b]}              # node b takes over
+  qemu-io -f raw -c 'read -P 0xab 0 1M' $URI_B       # the data is there
+Bring node a back: it finds node b's newer generation, steps down to secondary and is resynced from b:
+  $BLOCKREPL serve --data-dir $DATA_DIR/a --volume $VOLUME --nbd 127.0.0.1:$NBD_PORT_A --admin ${ADMIN[a]} \\
+      --listen 127.0.0.1:$REPL_PORT_A --peer http://127.0.0.1:$REPL_PORT_B --mode $MODE &
+Planned switchover instead: 'demote' on a, then 'promote' on b.
+
+Press Ctrl-C to stop both nodes.
 ==============================================================================
 MSG
 
-# Foreground until Ctrl-C (handled by on_signal) or until the daemon exits by itself.
-rc=0
-wait "$PID" || rc=$?
+# Foreground until Ctrl-C (on_signal) or until both daemons have exited by themselves.
+while kill -0 "${PID[a]}" 2>/dev/null || kill -0 "${PID[b]}" 2>/dev/null; do
+    sleep 0.5
+done
 ((STOPPING)) && exit 0
-stop_daemon TERM   # only collects tail
+stop_all
 trap - EXIT
-echo "run-local: blockrepl exited by itself with status $rc" >&2
-exit "$rc"
+echo "run-local: both nodes exited by themselves" >&2
+exit 1
