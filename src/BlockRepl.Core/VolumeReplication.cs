@@ -36,23 +36,26 @@ public sealed partial class Volume
 
     // ---- sending side -------------------------------------------------------------------------------
 
-    /// <summary>Opens the gate for a new stream and captures what the handshake must say, atomically.</summary>
-    internal StreamOpening OpenStream()
+    /// <summary>
+    /// What a handshake must say: identity, generations, and the earliest seq the stream may start at. The gate
+    /// opens only at <see cref="StreamAccepted"/>; writes in between go to the bitmap, and if one of them starts a
+    /// new generation, the resync's end marker hands the receiver that generation.
+    /// </summary>
+    internal StreamOpening DescribeForHandshake()
     {
         var link = _link ?? throw new InvalidOperationException($"volume {Name} has no peer configured");
         lock (_order)
         {
             lock (_metaGate)
             {
-                var firstSeq = link.OpenStream();
-                return new StreamOpening(firstSeq, _metadata.VolumeUuid, _metadata.NodeId,
+                return new StreamOpening(link.NextSeq, _metadata.VolumeUuid, _metadata.NodeId,
                     new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
                         _metadata.Fresh, _metadata.NeedsFullSync));
             }
         }
     }
 
-    /// <summary>The peer accepted; returns true when a resync must run.</summary>
+    /// <summary>The peer accepted: opens the gate. Returns true when a resync must run.</summary>
     internal bool StreamAccepted(bool fullResync, ulong peerGeneration)
     {
         _splitBrain = false;
@@ -60,7 +63,8 @@ public sealed partial class Volume
         {
             _bumpPending = false;
             _peerGeneration = peerGeneration;
-            return _link!.StreamAccepted(fullResync);
+            _link!.OpenStream();
+            return _link.StreamAccepted(fullResync);
         }
     }
 

@@ -325,9 +325,22 @@ internal sealed class PeerLink
         wake?.TrySetResult();
     }
 
+    /// <summary>The seq the next record will get (what a handshake announces as the earliest first_seq).</summary>
+    public ulong NextSeq
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _nextSeq;
+            }
+        }
+    }
+
     /// <summary>
-    /// Opens the gate for a new stream: from now on writes are queued (nothing goes out before
-    /// <see cref="StreamAccepted"/>). Returns the seq of the first record the stream will carry.
+    /// Opens the gate for a stream the peer has just accepted: from now on writes are queued for it. Returns the
+    /// seq of the first record the stream will carry. (Until then writes only mark the bitmap, so a handshake
+    /// that hangs on a black-holed link never holds a write.)
     /// </summary>
     public ulong OpenStream()
     {

@@ -130,7 +130,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var token = streamCancel.Token;
         using var call = _channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, new CallOptions(CancellationToken: token));
-        var opening = _volume.OpenStream();
+        var opening = _volume.DescribeForHandshake();
         var link = _volume.Link!;
         var g = opening.Generations;
         var handshake = new Handshake
@@ -152,7 +152,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         handshake.HistoryGenerations.AddRange(g.History);
         await call.RequestStream.WriteAsync(new ReplicationFrame { Handshake = handshake }, token).ConfigureAwait(false);
 
-        streamCancel.CancelAfter(_settings.PeerTimeout * 5);
+        streamCancel.CancelAfter(_settings.PeerTimeout * 2);
         if (!await call.ResponseStream.MoveNext(token).ConfigureAwait(false))
         {
             throw new RpcException(call.GetStatus());

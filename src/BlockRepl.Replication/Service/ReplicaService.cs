@@ -286,7 +286,8 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
     {
         private readonly SemaphoreSlim _ackSignal = new(0);
         private readonly ulong _start = first;
-        private ulong _expected = first + 1;
+        private readonly ulong _earliest = first + 1;
+        private ulong _expected;
         private ulong _received = first;
         private ulong _applied = first;
         private ulong _durable = first;
@@ -346,10 +347,19 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         private async Task ApplyBatchAsync(Batch batch, byte[] buffer)
         {
+            if (_expected == 0 && batch.FirstSeq >= _earliest)
+            {
+                // The first batch may start later than the handshake announced: records assigned while the
+                // handshake was in flight went to the sender's bitmap and come back as resync records.
+                _expected = batch.FirstSeq;
+            }
+
             if (batch.FirstSeq != _expected)
             {
                 throw new ReplicationProtocolException(StatusCode.FailedPrecondition,
-                    $"sequence gap: expected batch at seq {_expected}, got seq {batch.FirstSeq}");
+                    _expected == 0
+                        ? $"sequence gap: the first batch starts at seq {batch.FirstSeq}, before the announced first seq {_earliest}"
+                        : $"sequence gap: expected batch at seq {_expected}, got seq {batch.FirstSeq}");
             }
 
             if (batch.RecordCount == 0 || batch.UncompressedLength == 0 || batch.UncompressedLength > (uint)maxBatchBytes)

@@ -102,7 +102,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task BadCrcAndSequenceGap_StreamEnded_NothingApplied_ValidBatchApplied()
+    public async Task BadCrcEarlySeqAndGap_StreamEnded_BadBatchNotApplied()
     {
         using var dir = new TempDirectory();
         var port = ReplicaPair.FreePort();
@@ -114,7 +114,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
         var uuid = Guid.NewGuid();
 
         // A batch whose CRC does not match its records: DATA_LOSS, nothing applied.
-        var crc = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 1, corruptCrc: true);
+        var crc = await SendBatchesAsync(channel, uuid, handshakeFirstSeq: 1, [(1, 8192, true)]);
         output.WriteLine($"bad CRC: {crc?.StatusCode}: {crc?.Status.Detail}");
         Assert.NotNull(crc);
         Assert.Equal(StatusCode.DataLoss, crc.StatusCode);
@@ -122,27 +122,30 @@ public sealed class BadInputTests(ITestOutputHelper output)
         await WaitForLogAsync(node, "nothing of it was applied");
         Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
 
-        // A batch that skips a seq: FAILED_PRECONDITION, nothing applied.
-        var gap = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 2, corruptCrc: false);
+        // A first batch that starts before the seq the handshake announced: FAILED_PRECONDITION, nothing applied.
+        var early = await SendBatchesAsync(channel, uuid, handshakeFirstSeq: 5, [(3, 8192, false)]);
+        output.WriteLine($"early: {early?.StatusCode}: {early?.Status.Detail}");
+        Assert.NotNull(early);
+        Assert.Equal(StatusCode.FailedPrecondition, early.StatusCode);
+        Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
+
+        // A valid batch (applied: the control), then one that skips seq 2: FAILED_PRECONDITION, not applied.
+        var gap = await SendBatchesAsync(channel, uuid, handshakeFirstSeq: 1, [(1, 8192, false), (3, 16384, false)]);
         output.WriteLine($"gap: {gap?.StatusCode}: {gap?.Status.Detail}");
         Assert.NotNull(gap);
         Assert.Equal(StatusCode.FailedPrecondition, gap.StatusCode);
-        Assert.Contains("sequence gap", gap.Status.Detail, StringComparison.Ordinal);
-        Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
-
-        // The same client with a correct batch is applied: the two refusals above were about the batches.
-        var ok = await SendOneBatchAsync(channel, uuid, handshakeFirstSeq: 1, batchFirstSeq: 1, corruptCrc: false);
-        Assert.Null(ok);
+        Assert.Contains("sequence gap: expected batch at seq 2, got seq 3", gap.Status.Detail, StringComparison.Ordinal);
         await node.StopAsync();
-        var bytes = TestData.ReadFileRange(image, 8192, 4096);
-        Assert.True(bytes.AsSpan().IndexOfAnyExcept((byte)0x42) < 0, "the valid batch was not applied");
+        Assert.True(TestData.ReadFileRange(image, 8192, 4096).AsSpan().IndexOfAnyExcept((byte)0x42) < 0, "the valid batch before the gap was not applied");
+        TestData.AssertAllZero(TestData.ReadFileRange(image, 16384, 4096), "the batch after the gap");
     }
 
     /// <summary>
-    /// Opens a Replicate stream as a primary would, sends one batch (4 KiB of 0x42 at 8192) and returns the error
-    /// that ended the stream, or null when the batch was acknowledged as applied.
+    /// Opens a Replicate stream as a primary would, sends one-record batches (4 KiB of 0x42 at an offset, FUA),
+    /// and returns the error that ended the stream, or null when the last batch was acknowledged durable.
     /// </summary>
-    private static async Task<RpcException?> SendOneBatchAsync(GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, ulong batchFirstSeq, bool corruptCrc)
+    private static async Task<RpcException?> SendBatchesAsync(
+        GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, (ulong Seq, ulong Offset, bool CorruptCrc)[] batches)
     {
         using var call = channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, CallOptions.WithTimeout(TimeSpan.FromSeconds(30)));
         var handshake = new Handshake
@@ -165,25 +168,38 @@ public sealed class BadInputTests(ITestOutputHelper output)
 
         using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
         var payload = Enumerable.Repeat((byte)0x42, 4096).ToArray();
-        Assert.True(writer.TryAppend(JournalRecordHeader.ForWrite(batchFirstSeq, 8192, payload.Length, fua: true), payload));
-        var compressed = new byte[Lz4Codec.MaxCompressedLength(writer.UncompressedLength)];
-        var length = Lz4Codec.Compress(writer.Packed, compressed);
-        await call.RequestStream.WriteAsync(new ReplicationFrame
+        foreach (var (seq, offset, corruptCrc) in batches)
         {
-            Batch = new Batch
+            writer.Reset();
+            Assert.True(writer.TryAppend(JournalRecordHeader.ForWrite(seq, offset, payload.Length, fua: true), payload));
+            var compressed = new byte[Lz4Codec.MaxCompressedLength(writer.UncompressedLength)];
+            var length = Lz4Codec.Compress(writer.Packed, compressed);
+            try
             {
-                FirstSeq = batchFirstSeq,
-                RecordCount = 1,
-                UncompressedLength = (uint)writer.UncompressedLength,
-                CompressedRecords = ByteString.CopyFrom(compressed, 0, length),
-                Crc32C = corruptCrc ? writer.PackedCrc32C ^ 0x1 : writer.PackedCrc32C,
-            },
-        });
+                await call.RequestStream.WriteAsync(new ReplicationFrame
+                {
+                    Batch = new Batch
+                    {
+                        FirstSeq = seq,
+                        RecordCount = 1,
+                        UncompressedLength = (uint)writer.UncompressedLength,
+                        CompressedRecords = ByteString.CopyFrom(compressed, 0, length),
+                        Crc32C = corruptCrc ? writer.PackedCrc32C ^ 0x1 : writer.PackedCrc32C,
+                    },
+                });
+            }
+            catch (RpcException)
+            {
+                break; // the receiver already ended the stream; its status is read below
+            }
+        }
+
+        var lastSeq = batches[^1].Seq;
         try
         {
             while (await call.ResponseStream.MoveNext(CancellationToken.None))
             {
-                if (call.ResponseStream.Current.DurableSeq >= batchFirstSeq)
+                if (call.ResponseStream.Current.DurableSeq >= lastSeq)
                 {
                     return null;
                 }
