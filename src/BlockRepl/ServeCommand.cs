@@ -56,6 +56,10 @@ internal static class ServeCommand
         {
             k.Limits.MaxRequestBodySize = null;
             k.Limits.MinRequestBodyDataRate = null;
+            // Replication batches are up to ~2 MiB: windows well above that keep one stream from stalling on
+            // WINDOW_UPDATE round trips (Kestrel's defaults are 1 MiB per connection, 768 KiB per stream).
+            k.Limits.Http2.InitialConnectionWindowSize = 16 * 1024 * 1024;
+            k.Limits.Http2.InitialStreamWindowSize = 16 * 1024 * 1024;
             k.Limits.Http2.KeepAlivePingDelay = replication.PeerTimeout;
             k.Limits.Http2.KeepAlivePingTimeout = replication.PeerTimeout;
             if (admin.UnixPath is not null)

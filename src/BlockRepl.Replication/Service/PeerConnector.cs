@@ -18,6 +18,12 @@ namespace BlockRepl.Replication.Service;
 /// </summary>
 internal sealed class PeerConnector : IAsyncDisposable
 {
+    /// <summary>A batch that LZ4 shrinks by less than 10 % counts as incompressible.</summary>
+    private const double IncompressibleRatio = 0.9;
+
+    /// <summary>Batches sent stored (no LZ4) after an incompressible one, before compression is tried again.</summary>
+    private const int SkipAfterIncompressible = 4;
+
     private readonly Volume _volume;
     private readonly Uri _peer;
     private readonly ReplicationSettings _settings;
@@ -235,6 +241,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         var compressed = new byte[Lz4Codec.MaxCompressedLength(ReplicationSettings.MaxBatchBytes)];
         var idle = _settings.PeerTimeout / 4;
         ulong pings = 0;
+        var skipCompression = 0;
         while (true)
         {
             var take = await link.TakeAsync(writer, ReplicationSettings.SoftBatchBytes, idle, token).ConfigureAwait(false);
@@ -256,7 +263,24 @@ internal sealed class PeerConnector : IAsyncDisposable
             }
             else
             {
-                var length = Lz4Codec.Compress(writer.Packed, compressed);
+                ReadOnlyMemory<byte> records;
+                var stored = skipCompression > 0;
+                if (stored)
+                {
+                    skipCompression--;
+                    records = writer.PackedMemory;
+                }
+                else
+                {
+                    var length = Lz4Codec.Compress(writer.Packed, compressed);
+                    records = compressed.AsMemory(0, length);
+                    if (length > writer.UncompressedLength * IncompressibleRatio)
+                    {
+                        // Random or already compressed data: send the next batches as they are, then try again.
+                        skipCompression = SkipAfterIncompressible;
+                    }
+                }
+
                 frame = new ReplicationFrame
                 {
                     Batch = new Batch
@@ -264,10 +288,11 @@ internal sealed class PeerConnector : IAsyncDisposable
                         FirstSeq = writer.FirstSeq,
                         RecordCount = (uint)writer.RecordCount,
                         UncompressedLength = (uint)writer.UncompressedLength,
-                        CompressedRecords = UnsafeByteOperations.UnsafeWrap(compressed.AsMemory(0, length)),
+                        CompressedRecords = UnsafeByteOperations.UnsafeWrap(records),
                         Crc32C = writer.PackedCrc32C,
                         SenderLastSeq = take.LastSeq,
                         SenderUnsentBytes = (ulong)take.UnsentBytes,
+                        Stored = stored,
                     },
                 };
             }

@@ -87,7 +87,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
             streamCancel.CancelAfter(Timeout.InfiniteTimeSpan);
             var firstSeq = handshake.FirstSeq;
-            using var stream = new ReceiveStream(volume, settings, responses, firstSeq - 1, (int)handshake.MaxBatchBytes);
+            using var stream = new ReceiveStream(volume, settings, responses, firstSeq - 1, (int)handshake.MaxBatchBytes, handshake.Mode == V1.ReplicationMode.Async);
             await responses.WriteAsync(new ReplicationAck
             {
                 HandshakeReply = reply,
@@ -281,9 +281,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
     }
 
     /// <summary>One accepted stream: apply loop plus ack writer.</summary>
-    private sealed class ReceiveStream(Volume volume, ReplicationSettings settings, IServerStreamWriter<ReplicationAck> responses, ulong first, int maxBatchBytes)
+    private sealed class ReceiveStream(
+        Volume volume, ReplicationSettings settings, IServerStreamWriter<ReplicationAck> responses, ulong first, int maxBatchBytes, bool coalesceAcks)
         : IDisposable
     {
+        private static readonly TimeSpan AsyncAckDelay = TimeSpan.FromMilliseconds(2);
         private readonly SemaphoreSlim _ackSignal = new(0);
         private readonly ulong _start = first;
         private readonly ulong _earliest = first + 1;
@@ -347,6 +349,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         private async Task ApplyBatchAsync(Batch batch, byte[] buffer)
         {
+            var (last, needsDurable) = ApplyBatch(batch, buffer);
+            Volatile.Write(ref _applied, last);
+            if (needsDurable)
+            {
+                await volume.FlushImageAsync().ConfigureAwait(false);
+                Volatile.Write(ref _durable, last);
+            }
+
+            _ackSignal.Release();
+        }
+
+        /// <summary>Checks the whole batch, then applies its records in order. Returns the last seq and whether a flush is due.</summary>
+        private (ulong Last, bool NeedsDurable) ApplyBatch(Batch batch, byte[] buffer)
+        {
             if (_expected == 0 && batch.FirstSeq >= _earliest)
             {
                 // The first batch may start later than the handshake announced: records assigned while the
@@ -368,11 +384,26 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     $"batch at seq {batch.FirstSeq}: {batch.RecordCount} records, {batch.UncompressedLength} bytes is outside the agreed bounds (1..{maxBatchBytes})");
             }
 
-            var packed = buffer.AsSpan(0, (int)batch.UncompressedLength);
-            if (!Lz4Codec.TryDecompress(batch.CompressedRecords.Span, packed, out var written) || written != packed.Length)
+            ReadOnlySpan<byte> packed;
+            if (batch.Stored)
             {
-                throw new ReplicationProtocolException(StatusCode.DataLoss,
-                    $"batch at seq {batch.FirstSeq}: LZ4 block does not decompress to {batch.UncompressedLength} bytes");
+                packed = batch.CompressedRecords.Span;
+                if (packed.Length != (int)batch.UncompressedLength)
+                {
+                    throw new ReplicationProtocolException(StatusCode.DataLoss,
+                        $"batch at seq {batch.FirstSeq}: stored records are {packed.Length} bytes, not {batch.UncompressedLength}");
+                }
+            }
+            else
+            {
+                var target = buffer.AsSpan(0, (int)batch.UncompressedLength);
+                if (!Lz4Codec.TryDecompress(batch.CompressedRecords.Span, target, out var written) || written != target.Length)
+                {
+                    throw new ReplicationProtocolException(StatusCode.DataLoss,
+                        $"batch at seq {batch.FirstSeq}: LZ4 block does not decompress to {batch.UncompressedLength} bytes");
+                }
+
+                packed = target;
             }
 
             var last = batch.FirstSeq + batch.RecordCount - 1;
@@ -394,15 +425,8 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             }
 
             _expected = last + 1;
-            Volatile.Write(ref _applied, last);
             volume.NoteSenderProgress(batch.SenderLastSeq, batch.SenderUnsentBytes, last);
-            if (needsDurable)
-            {
-                await volume.FlushImageAsync().ConfigureAwait(false);
-                Volatile.Write(ref _durable, last);
-            }
-
-            _ackSignal.Release();
+            return (last, needsDurable);
         }
 
         private async Task ApplyMarkerAsync(ResyncMarker marker)
@@ -425,6 +449,14 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             while (true)
             {
                 var signalled = await _ackSignal.WaitAsync(settings.DurableInterval, token).ConfigureAwait(false);
+                if (signalled && coalesceAcks && Volatile.Read(ref _forceAck) == 0)
+                {
+                    // Async: nobody waits on these acks; one per couple of milliseconds covers many batches.
+                    await Task.Delay(AsyncAckDelay, token).ConfigureAwait(false);
+                    while (_ackSignal.CurrentCount > 0 && _ackSignal.Wait(0, CancellationToken.None))
+                    {
+                    }
+                }
                 var applied = Volatile.Read(ref _applied);
                 if (!signalled && applied > Volatile.Read(ref _durable))
                 {

@@ -1,0 +1,902 @@
+#!/usr/bin/env bash
+# End-to-end replication benchmark: blockrepl standalone, async pair and sync pair against
+# qemu-storage-daemon's blockdev-mirror (write-blocking = synchronous, background = asynchronous),
+# side by side in one run, plus the wire ratio of the sync pair on filesystem data.
+#
+#   bash tools/install-deps.sh && make build && bash bench/repl-bench.sh
+#   RUNTIME=3 REPEATS=1 CONFIGS="standalone qsd-sync" bash bench/repl-bench.sh
+#   BLOCKREPL=/elsewhere/blockrepl bash bench/repl-bench.sh       (a binary built outside this tree)
+#
+# Environment:
+#   CONFIGS    configurations to measure, any of "standalone async-pair sync-pair qsd-sync qsd-async"
+#              (default: all five)
+#   RUNTIME    seconds per fio run, time_based (default 4); RAMP: ramp_time seconds (default 1)
+#   REPEATS    runs per (configuration, job) cell; the table shows the median (default 3)
+#   WARMUP     seconds of unmeasured 4 KiB randrw QD8 per configuration before the first run (default 2; 0 = none)
+#   SEQ        1 (default) adds the 1 MiB sequential write QD8 job; 0 leaves it out
+#   WIRE       1 (default) measures the sync pair's wire ratio on an ext4 image; 0 skips it
+#   WIRE_ROOTS directories the ext4 image's data set is taken from (default "/usr/lib/x86_64-linux-gnu
+#              /usr/bin /usr/share/doc STDLIB", STDLIB = the python3 standard library, /usr/lib/python3.11 on
+#              Debian 12: shared libraries, executables, compressed and plain docs, source text)
+#   WIRE_MIB   size of the data set in MiB, split evenly over WIRE_ROOTS (default 400)
+#   BLOCKREPL  daemon binary (default src/BlockRepl/bin/Release/net10.0/blockrepl; BLOCKREPL_BIN also works)
+#   BENCH_TMPDIR  where the 1 GiB images go (default ${TMPDIR:-/tmp}; should be a real disk, not tmpfs)
+#   CONNECT_TIMEOUT  seconds to wait for a pair to show connection "connected" (default 120)
+#   READY_TIMEOUT    seconds to wait for a qsd mirror job to become ready (default 300)
+#   DRAIN_TIMEOUT    seconds to wait after a run for a replica to catch up (default 60)
+#   KEEP_TMP=1 keep the temp dir (images, fio JSON, daemon logs) for inspection
+#
+# Method: every daemon side gets its own 1 GiB raw file, zero-filled (written from /dev/zero, fully
+# allocated; the same for every configuration). All configurations run for the whole benchmark (idle
+# when not measured), fronted by NBD on unix sockets; replication links are TCP on 127.0.0.1.
+# Runs are interleaved: for each repeat, for each job, every configuration in turn. After each run on a
+# replicated configuration the script records how far the replica lags (blockrepl: queuedBytes +
+# dirtyBytes, lastSeq - appliedSeq, lastSeq - durableSeq from `blockrepl status --json`; qsd: len - offset
+# of the mirror job from QMP query-block-jobs), then waits (bounded by DRAIN_TIMEOUT) until it has caught
+# up, so a backlog never runs into the next measurement. The sync pair then takes the wire-ratio copy, and
+# after a clean stop its secondary's image is compared with the copied ext4 image byte for byte.
+# A full run with the defaults takes about 6 minutes on 2 cores (SEQ=0 saves about a quarter).
+# fio uses its nbd engine (libnbd, one connection); numbers are from fio's JSON: IOPS, bandwidth,
+# completion latency (clat) p50 and p99 in microseconds.
+# A configuration that cannot be started (e.g. a blockrepl without replication) is reported as
+# "failed: <reason>" and the others go on; no number is ever made up.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+ALL_CONFIGS="standalone async-pair sync-pair qsd-sync qsd-async"
+CONFIGS="${CONFIGS:-$ALL_CONFIGS}"
+RUNTIME="${RUNTIME:-4}"
+RAMP="${RAMP:-1}"
+REPEATS="${REPEATS:-3}"
+WARMUP="${WARMUP:-2}"
+SEQ="${SEQ:-1}"
+WIRE="${WIRE:-1}"
+WIRE_ROOTS="${WIRE_ROOTS:-}"
+WIRE_MIB="${WIRE_MIB:-400}"
+BLOCKREPL="${BLOCKREPL:-${BLOCKREPL_BIN:-src/BlockRepl/bin/Release/net10.0/blockrepl}}"
+BENCH_TMPDIR="${BENCH_TMPDIR:-${TMPDIR:-/tmp}}"
+CONNECT_TIMEOUT="${CONNECT_TIMEOUT:-120}"
+READY_TIMEOUT="${READY_TIMEOUT:-300}"
+DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-60}"
+RESULTS_DIR="$REPO/bench/results"
+OUT_MD="$RESULTS_DIR/repl-bench-latest.md"
+OUT_TSV="$RESULTS_DIR/repl-bench-latest.tsv"
+VOL=vol
+IMAGE_SIZE_MIB=1024
+
+# name | fio arguments
+JOBS=(
+    "4k-randwrite-qd1|--rw=randwrite --bs=4k --iodepth=1"
+    "4k-randwrite-qd32|--rw=randwrite --bs=4k --iodepth=32"
+)
+[[ "$SEQ" == 1 ]] && JOBS+=("1m-seqwrite-qd8|--rw=write --bs=1m --iodepth=8")
+
+die() { echo "repl-bench: $*" >&2; exit 1; }
+log() { echo "repl-bench: [$(printf '%3d' "$SECONDS") s] $*" >&2; }
+
+# ---------------------------------------------------------------- checks
+for v in RUNTIME RAMP REPEATS WARMUP WIRE_MIB CONNECT_TIMEOUT READY_TIMEOUT DRAIN_TIMEOUT; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+[[ "$SEQ" =~ ^[01]$ && "$WIRE" =~ ^[01]$ ]] || die "SEQ and WIRE must be 0 or 1"
+((RUNTIME > 0 && REPEATS > 0)) || die "RUNTIME and REPEATS must be > 0"
+read -r -a CFG_LIST <<<"$CONFIGS"
+((${#CFG_LIST[@]} > 0)) || die "CONFIGS is empty"
+for c in "${CFG_LIST[@]}"; do
+    [[ " $ALL_CONFIGS " == *" $c "* ]] || die "unknown configuration '$c' in CONFIGS (known: $ALL_CONFIGS)"
+done
+has_cfg() { [[ " ${CFG_LIST[*]} " == *" $1 "* ]]; }
+uses_blockrepl=0 uses_qsd=0
+for c in "${CFG_LIST[@]}"; do
+    case "$c" in qsd-*) uses_qsd=1 ;; *) uses_blockrepl=1 ;; esac
+done
+if [[ "$WIRE" == 1 ]] && ! has_cfg sync-pair; then
+    log "WIRE=1 needs sync-pair in CONFIGS; skipping the wire ratio"
+    WIRE=0
+fi
+PY=/usr/bin/python3
+[[ -x "$PY" ]] || die "/usr/bin/python3 not found: run 'bash tools/install-deps.sh'"
+# Directories with very many small files (e.g. /usr/share/man) make mke2fs -d take minutes: avoid them.
+[[ -n "$WIRE_ROOTS" ]] ||
+    WIRE_ROOTS="/usr/lib/x86_64-linux-gnu /usr/bin /usr/share/doc $("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
+for tool in fio jq nbdinfo timeout; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run 'bash tools/install-deps.sh'"
+done
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (Debian's fio has it): run 'bash tools/install-deps.sh'"
+if ((uses_qsd)); then
+    for tool in qemu-storage-daemon qemu-nbd; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool not found (Debian: qemu-system-common, qemu-utils): run 'bash tools/install-deps.sh'"
+    done
+fi
+if [[ "$WIRE" == 1 ]]; then
+    for tool in nbdcopy mke2fs tar; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool not found (Debian: libnbd-bin, e2fsprogs, tar): run 'bash tools/install-deps.sh'"
+    done
+fi
+[[ "$BLOCKREPL" == /* ]] || BLOCKREPL="$REPO/$BLOCKREPL"
+if ((uses_blockrepl)); then
+    [[ -x "$BLOCKREPL" ]] || die "$BLOCKREPL not found or not executable: run 'make build' first (or set BLOCKREPL)"
+fi
+
+# ---------------------------------------------------------------- processes and cleanup
+# Every process this script starts is in PROCS ("label pid", start order); they are stopped in reverse
+# order (a primary before its secondary, qsd before its qemu-nbd target) with SIGTERM, then waited for.
+PROCS=()
+DD_PIDS=()
+declare -A EXIT_CODES=()
+WORK=""
+FIO_PID=""
+stop_proc() { # label pid
+    local label=$1 pid=$2 i rc=0
+    if kill -TERM "$pid" 2>/dev/null; then
+        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$label (pid $pid) did not stop within 10 s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    EXIT_CODES[$label]=$rc
+}
+stop_all() {
+    local i entry
+    for ((i = ${#PROCS[@]} - 1; i >= 0; i--)); do
+        entry=${PROCS[$i]}
+        stop_proc "${entry% *}" "${entry##* }"
+    done
+    PROCS=()
+}
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    if [[ -n "$FIO_PID" ]]; then
+        kill -TERM "$FIO_PID" 2>/dev/null || true
+        wait "$FIO_PID" 2>/dev/null || true
+    fi
+    for pid in "${DD_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    stop_all
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if [[ "${KEEP_TMP:-0}" == 1 ]]; then
+            log "kept $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---------------------------------------------------------------- machine info
+CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*: //' || true)
+[[ -n "$CPU_MODEL" ]] || CPU_MODEL=$(uname -m)
+if GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+    git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || GIT_REV="$GIT_REV + uncommitted changes in src/"
+else
+    GIT_REV="(no git checkout)"
+fi
+
+mkdir -p "$BENCH_TMPDIR" "$RESULTS_DIR"
+WORK=$(mktemp -d "$BENCH_TMPDIR/repl-bench.XXXXXX")
+FSTYPE=$(stat -f -c %T "$WORK" 2>/dev/null || echo "?")
+[[ "$FSTYPE" == tmpfs ]] && log "warning: $WORK is on tmpfs; set BENCH_TMPDIR to a directory on a real disk"
+# Unix socket paths are limited to 107 bytes; the longest one is $WORK/<config>/s/admin.sock.
+((${#WORK} + 30 < 107)) || die "BENCH_TMPDIR is too long for unix socket paths ($WORK); set BENCH_TMPDIR=/tmp"
+
+# QMP client for qemu-storage-daemon (python3 standard library only).
+cat >"$WORK/qmp.py" <<'PY'
+"""qmp.py SOCKET COMMAND [JSON-ARGS]   run one QMP command, print its return value as JSON
+   qmp.py SOCKET wait-ready JOB SECS  wait until the block job is ready; print the job as JSON
+   qmp.py SOCKET lag JOB              print len - offset of the block job (bytes not yet mirrored)
+   qmp.py SOCKET drain JOB SECS       wait until len == offset; print the seconds waited (exit 1 on timeout)"""
+import json, socket, sys, time
+
+class Qmp:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(30)
+        self.s.connect(path)
+        self.f = self.s.makefile("rwb")
+        self.recv()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def recv(self):
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError("QMP connection closed")
+            msg = json.loads(line)
+            if "event" not in msg:
+                return msg
+
+    def cmd(self, name, args=None):
+        req = {"execute": name}
+        if args:
+            req["arguments"] = args
+        self.f.write(json.dumps(req).encode() + b"\n")
+        self.f.flush()
+        msg = self.recv()
+        if "error" in msg:
+            raise RuntimeError(f"{name}: {msg['error'].get('class')}: {msg['error'].get('desc')}")
+        return msg.get("return")
+
+    def job(self, name):
+        for j in self.cmd("query-block-jobs"):
+            if j.get("device") == name:
+                return j
+        raise RuntimeError(f"block job {name} does not exist")
+
+def main():
+    path, op = sys.argv[1], sys.argv[2]
+    q = Qmp(path)
+    if op == "wait-ready":
+        name, limit = sys.argv[3], float(sys.argv[4])
+        end = time.monotonic() + limit
+        while True:
+            j = q.job(name)
+            if j.get("ready"):
+                print(json.dumps(j))
+                return 0
+            if time.monotonic() > end:
+                raise RuntimeError(f"job {name} not ready after {limit:.0f} s: {j.get('offset')} of {j.get('len')} bytes, status {j.get('status')}")
+            time.sleep(0.2)
+    if op == "lag":
+        j = q.job(sys.argv[3])
+        print(j["len"] - j["offset"])
+        return 0
+    if op == "drain":
+        name, limit = sys.argv[3], float(sys.argv[4])
+        start = time.monotonic()
+        while True:
+            j = q.job(name)
+            waited = time.monotonic() - start
+            if j["len"] == j["offset"]:
+                print(f"{waited:.1f}")
+                return 0
+            if waited > limit:
+                print(f"{waited:.1f}")
+                return 1
+            time.sleep(0.1)
+    args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    print(json.dumps(q.cmd(op, args)))
+    return 0
+
+try:
+    sys.exit(main())
+except Exception as e:
+    print(f"qmp: {e}", file=sys.stderr)
+    sys.exit(2)
+PY
+qmp() { "$PY" "$WORK/qmp.py" "$@"; }
+
+versions=()
+if ((uses_blockrepl)); then
+    if [[ "$BLOCKREPL" == "$REPO/"* ]]; then
+        versions+=("blockrepl $GIT_REV")
+    else
+        versions+=("blockrepl from $BLOCKREPL (built $(date -u -r "$BLOCKREPL" '+%Y-%m-%d %H:%M UTC'))")
+    fi
+fi
+((uses_qsd)) && versions+=("$(qemu-storage-daemon --version | head -1)" "$(qemu-nbd --version | head -1)")
+job_names=()
+for job in "${JOBS[@]}"; do job_names+=("${job%%|*}"); done
+
+HEADER=$(
+    cat <<EOF
+# Replication end-to-end benchmark
+
+- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
+- machine: $(nproc) CPUs, $CPU_MODEL; kernel $(uname -r); $(awk '/^MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)
+- tools: $(fio --version)$(printf ', %s' "${versions[@]}")
+- method: fio --ioengine=nbd (1 connection, NBD over a unix socket), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell, warm-up ${WARMUP} s per configuration; jobs: ${job_names[*]}
+- images: one 1 GiB raw file per daemon side on $FSTYPE ($BENCH_TMPDIR), **zero-filled** (written from /dev/zero, fully allocated) for every configuration
+- blockrepl: \`serve --data-dir D --volume vol --size 1G --nbd unix:D/nbd.sock --admin unix:D/admin.sock\` (DOTNET_gcServer=0); pairs add \`--role primary|secondary --listen 127.0.0.1:PORT --peer http://127.0.0.1:PEERPORT --mode sync|async\`, secondary started first, measured once the primary's status shows connection \`connected\`
+- qemu-storage-daemon: file node (cache.direct=off, writeback) + raw node exported over NBD on a unix socket; \`blockdev-mirror sync=full\` to a \`driver=nbd\` blockdev on \`qemu-nbd --cache=writeback -f raw\` over TCP 127.0.0.1; measured once the job is ready (never completed: the mirror stays active)
+- replication links: TCP on 127.0.0.1 for every pair
+- load average at start (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews every row)
+EOF
+)
+echo "$HEADER"
+echo
+
+# ---------------------------------------------------------------- images
+# Daemon sides per configuration: standalone 1, pairs and qsd 2 (primary/source "p", secondary/target "s").
+sides_of() { case "$1" in standalone) echo p ;; *) echo "p s" ;; esac; }
+nimg=0
+for c in "${CFG_LIST[@]}"; do for side in $(sides_of "$c"); do nimg=$((nimg + 1)); done; done
+need_mib=$(((nimg + 2) * IMAGE_SIZE_MIB))
+avail_mib=$(df -Pm "$WORK" | awk 'NR == 2 {print $4}')
+[[ "$avail_mib" =~ ^[0-9]+$ ]] && ((avail_mib < need_mib)) &&
+    die "$WORK has $avail_mib MiB free; this run needs about $need_mib MiB (set BENCH_TMPDIR or CONFIGS)"
+log "writing $nimg zero-filled 1 GiB images in $WORK (two at a time) ..."
+for c in "${CFG_LIST[@]}"; do
+    for side in $(sides_of "$c"); do
+        mkdir -p "$WORK/$c/$side"
+        dd if=/dev/zero of="$WORK/$c/$side/$VOL.img" bs=1M count="$IMAGE_SIZE_MIB" status=none &
+        DD_PIDS+=($!)
+        if ((${#DD_PIDS[@]} >= 2)); then
+            wait "${DD_PIDS[0]}" || die "writing a zero-filled image failed (disk full?)"
+            DD_PIDS=("${DD_PIDS[@]:1}")
+        fi
+    done
+done
+for pid in "${DD_PIDS[@]}"; do wait "$pid" || die "writing a zero-filled image failed (disk full?)"; done
+DD_PIDS=()
+sync
+
+# ---------------------------------------------------------------- wire data set (built before any daemon runs)
+WIRE_IMG="$WORK/wire-ext4.img"
+WIRE_DESC=""
+WIRE_FAIL=""
+if [[ "$WIRE" == 1 ]]; then
+    log "building the wire-ratio data set (${WIRE_MIB} MiB from: $WIRE_ROOTS) and its ext4 image ..."
+    mkdir -p "$WORK/wire-data"
+    # Deterministic selection: regular files of each root in sorted path order, up to WIRE_MIB / number of
+    # roots MiB per root (files that would overshoot are skipped).
+    read -r -a wire_roots <<<"$WIRE_ROOTS"
+    if WIRE_DESC=$("$PY" - "$WORK/wire-files" "$WIRE_MIB" "${wire_roots[@]}" <<'PY'
+import os, sys
+out, total_mib, roots = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+budget = total_mib * 1048576 // max(1, len(roots))
+parts, grand, nfiles = [], 0, 0
+with open(out, "wb") as f:
+    for root in roots:
+        if not os.path.isdir(root):
+            parts.append(f"{root} (missing)")
+            continue
+        files = []
+        for d, dirs, names in os.walk(root):
+            dirs.sort()
+            for n in names:
+                p = os.path.join(d, n)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if os.path.isfile(p) and not os.path.islink(p) and os.access(p, os.R_OK):
+                    files.append((p, st.st_size))
+        files.sort()
+        used = n = 0
+        for p, size in files:
+            if used + size > budget:
+                continue
+            f.write(p.lstrip("/").encode() + b"\0")
+            used += size
+            n += 1
+        parts.append(f"{root} {n} files {used / 1048576:.0f} MiB")
+        grand += used
+        nfiles += n
+print(f"{nfiles} files, {grand / 1048576:.0f} MiB: " + "; ".join(parts))
+PY
+    ); then
+        tar -C / --null -T "$WORK/wire-files" -cf - 2>/dev/null | tar -C "$WORK/wire-data" -xf - ||
+            WIRE_FAIL="copying the data set failed"
+        if [[ -z "$WIRE_FAIL" ]]; then
+            truncate -s "${IMAGE_SIZE_MIB}M" "$WIRE_IMG"
+            if ! mke2fs -q -F -t ext4 -d "$WORK/wire-data" "$WIRE_IMG" >"$WORK/mke2fs.log" 2>&1; then
+                WIRE_FAIL="mke2fs -d failed: $(tail -n 1 "$WORK/mke2fs.log")"
+            fi
+        fi
+        rm -rf "$WORK/wire-data" "$WORK/wire-files"
+    else
+        WIRE_FAIL="selecting the data set failed"
+    fi
+    [[ -z "$WIRE_FAIL" ]] || log "wire ratio: $WIRE_FAIL"
+fi
+
+# ---------------------------------------------------------------- daemons
+declare -A URIS=() FAIL=() ADMIN=() QMPSOCK=() STARTUP=()
+
+# The first line of a log that looks like an error, else its last line; one line, at most 200 chars.
+reason_from_log() {
+    local line
+    line=$(grep -m1 -iE 'error|exception|not matched|unrecognized|unknown|invalid|refus|fail|cannot|could not' "$1" 2>/dev/null) ||
+        line=$(grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -n 1) || line=""
+    line=${line//|/\\|}
+    echo "${line:0:200}"
+}
+
+# Start one blockrepl daemon; wait for its 'blockrepl: ready ' line. Sets REASON on failure.
+REASON=""
+LAST_URI=""
+start_blockrepl() { # label dir args...
+    local label=$1 dir=$2 pid i line
+    shift 2
+    DOTNET_gcServer=0 "$BLOCKREPL" serve --data-dir "$dir" --volume "$VOL" --size 1G \
+        --nbd "unix:$dir/nbd.sock" --admin "unix:$dir/admin.sock" "$@" </dev/null >"$dir/daemon.log" 2>&1 &
+    pid=$!
+    PROCS+=("$label $pid")
+    line=""
+    for ((i = 0; i < 600; i++)); do
+        line=$(grep -m1 '^blockrepl: ready ' "$dir/daemon.log" 2>/dev/null) && break
+        line=""
+        if ! kill -0 "$pid" 2>/dev/null; then
+            REASON="$label exited during startup: $(reason_from_log "$dir/daemon.log")"
+            return 1
+        fi
+        sleep 0.1
+    done
+    if [[ -z "$line" ]]; then
+        REASON="$label printed no ready line within 60 s: $(reason_from_log "$dir/daemon.log")"
+        return 1
+    fi
+    LAST_URI=$(sed -n 's/.*[[:space:]]nbd=\([^[:space:]]*\).*/\1/p' <<<"$line")
+    [[ -n "$LAST_URI" ]] || LAST_URI="nbd+unix:///$VOL?socket=$dir/nbd.sock"
+    log "$label ready (pid $pid)"
+}
+
+br_status() { # admin-address -> status JSON on stdout
+    timeout 20 "$BLOCKREPL" status --admin "$1" --json 2>/dev/null
+}
+
+pid_of() { # label
+    local entry
+    for entry in "${PROCS[@]}"; do [[ "${entry% *}" == "$1" ]] && { echo "${entry##* }"; return 0; }; done
+    return 1
+}
+alive() { # config: every process of the configuration is running
+    local entry found=0
+    for entry in "${PROCS[@]}"; do
+        [[ "${entry% *}" == "$1/"* ]] || continue
+        found=1
+        kill -0 "${entry##* }" 2>/dev/null || return 1
+    done
+    ((found))
+}
+
+start_standalone() {
+    local c=standalone
+    start_blockrepl "$c/p" "$WORK/$c/p" || return 1
+    URIS[$c]=$LAST_URI
+    ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
+}
+
+start_pair() { # config mode
+    local c=$1 mode=$2 p1 p2 t0 deadline conn st
+    p1=$(free_port)
+    p2=$(free_port)
+    while [[ "$p2" == "$p1" ]]; do p2=$(free_port); done
+    t0=$(date +%s.%N)
+    start_blockrepl "$c/s" "$WORK/$c/s" --role secondary --listen "127.0.0.1:$p2" \
+        --peer "http://127.0.0.1:$p1" --mode "$mode" || return 1
+    start_blockrepl "$c/p" "$WORK/$c/p" --role primary --listen "127.0.0.1:$p1" \
+        --peer "http://127.0.0.1:$p2" --mode "$mode" || return 1
+    URIS[$c]=$LAST_URI
+    ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
+    conn=""
+    deadline=$((SECONDS + CONNECT_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        alive "$c" || { REASON="a daemon exited while connecting: $(reason_from_log "$WORK/$c/p/daemon.log") / $(reason_from_log "$WORK/$c/s/daemon.log")"; return 1; }
+        if st=$(br_status "${ADMIN[$c]}"); then
+            conn=$(jq -r '.volumes[0].connection // "(no connection field)"' <<<"$st" 2>/dev/null) || conn="(status is not JSON)"
+            [[ "$conn" == connected ]] && break
+        else
+            conn="(status failed)"
+        fi
+        sleep 0.5
+    done
+    if [[ "$conn" != connected ]]; then
+        REASON="primary not connected after ${CONNECT_TIMEOUT} s (connection: ${conn:-unknown})"
+        return 1
+    fi
+    STARTUP[$c]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    log "$c connected ${STARTUP[$c]} s after the secondary was started"
+}
+
+start_qsd() { # config copy-mode
+    local c=$1 mode=$2 port dir pid i t0 out
+    dir="$WORK/$c"
+    port=$(free_port)
+    qemu-nbd --cache=writeback -f raw --persistent -b 127.0.0.1 -p "$port" -x "$VOL" "$dir/s/$VOL.img" \
+        </dev/null >"$dir/s/qemu-nbd.log" 2>&1 &
+    pid=$!
+    PROCS+=("$c/target $pid")
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || { REASON="qemu-nbd exited: $(reason_from_log "$dir/s/qemu-nbd.log")"; return 1; }
+        nbdinfo --size "nbd://127.0.0.1:$port/$VOL" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ((i < 300)) || { REASON="qemu-nbd did not accept connections within 30 s"; return 1; }
+    QMPSOCK[$c]="$dir/p/qmp.sock"
+    qemu-storage-daemon \
+        --blockdev "driver=file,node-name=src-file,filename=$dir/p/$VOL.img,cache.direct=off" \
+        --blockdev driver=raw,node-name=src,file=src-file \
+        --blockdev "driver=nbd,node-name=tgt,server.type=inet,server.host=127.0.0.1,server.port=$port,export=$VOL" \
+        --nbd-server "addr.type=unix,addr.path=$dir/p/nbd.sock" \
+        --export "type=nbd,id=exp0,node-name=src,name=$VOL,writable=on" \
+        --chardev "socket,id=qmp,path=${QMPSOCK[$c]},server=on,wait=off" \
+        --monitor chardev=qmp </dev/null >"$dir/p/qsd.log" 2>&1 &
+    pid=$!
+    PROCS+=("$c/qsd $pid")
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || { REASON="qemu-storage-daemon exited: $(reason_from_log "$dir/p/qsd.log")"; return 1; }
+        qmp "${QMPSOCK[$c]}" query-block-jobs >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ((i < 300)) || { REASON="qemu-storage-daemon's QMP socket did not answer within 30 s"; return 1; }
+    t0=$(date +%s.%N)
+    out=$(qmp "${QMPSOCK[$c]}" blockdev-mirror \
+        "{\"job-id\":\"m0\",\"device\":\"src\",\"target\":\"tgt\",\"sync\":\"full\",\"copy-mode\":\"$mode\"}" 2>&1) ||
+        { REASON="blockdev-mirror failed: $out"; return 1; }
+    out=$(qmp "${QMPSOCK[$c]}" wait-ready m0 "$READY_TIMEOUT" 2>&1) || { REASON="$out"; return 1; }
+    STARTUP[$c]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    URIS[$c]="nbd+unix:///$VOL?socket=$dir/p/nbd.sock"
+    log "$c mirror job ready after ${STARTUP[$c]} s (initial full copy of 1 GiB)"
+}
+
+for c in "${CFG_LIST[@]}"; do
+    REASON=""
+    case "$c" in
+    standalone) start_standalone || FAIL[$c]="$REASON" ;;
+    async-pair) start_pair "$c" async || FAIL[$c]="$REASON" ;;
+    sync-pair) start_pair "$c" sync || FAIL[$c]="$REASON" ;;
+    qsd-sync) start_qsd "$c" write-blocking || FAIL[$c]="$REASON" ;;
+    qsd-async) start_qsd "$c" background || FAIL[$c]="$REASON" ;;
+    esac
+    [[ -z "${FAIL[$c]:-}" ]] || log "$c failed: ${FAIL[$c]} (continuing without it)"
+done
+
+# ---------------------------------------------------------------- lag and drain
+# Right after a run on a replicated configuration, one reading of how far the replica is behind:
+#   LAG_B  bytes not yet on the replica: blockrepl replication.queuedBytes (queued or sent, not received)
+#          + dirtyBytes (ranges tracked in the bitmap after going ahead); qsd len - offset of the mirror job
+#   LAG_UA writes the replica has not applied yet (blockrepl lastSeq - appliedSeq)
+#   LAG_UD writes not yet durable on the replica (blockrepl lastSeq - durableSeq)
+#   AHEAD  times the primary went ahead (async queue full) since the previous reading (replication.aheadCount)
+# Empty when unknown. Then waits until the replica has everything (blockrepl: durableSeq == lastSeq, no
+# dirty bytes, no resync; qsd: len == offset) and sets DRAIN_S to the seconds waited ("timeout" after
+# DRAIN_TIMEOUT).
+LAG_B="" LAG_UA="" LAG_UD="" AHEAD="" DRAIN_S=""
+declare -A PREV_AHEAD=()
+lag_and_drain() { # config
+    local c=$1 st t0 deadline out ahead=""
+    LAG_B="" LAG_UA="" LAG_UD="" AHEAD="" DRAIN_S=""
+    case "$c" in
+    standalone) return 0 ;;
+    qsd-*)
+        LAG_B=$(qmp "${QMPSOCK[$c]}" lag m0 2>/dev/null) || LAG_B=""
+        if out=$(qmp "${QMPSOCK[$c]}" drain m0 "$DRAIN_TIMEOUT" 2>/dev/null); then DRAIN_S=$out; else DRAIN_S=timeout; fi
+        ;;
+    *-pair)
+        if st=$(br_status "${ADMIN[$c]}"); then
+            IFS='|' read -r LAG_B LAG_UA LAG_UD ahead < <(jq -r '
+                .volumes[0] as $v | ($v.replication // {}) as $r
+                | [(if $r.queuedBytes != null then $r.queuedBytes + ($v.dirtyBytes // 0) else "" end),
+                   (if $r.lastSeq != null and $r.appliedSeq != null then $r.lastSeq - $r.appliedSeq else "" end),
+                   (if $r.lastSeq != null and $r.durableSeq != null then $r.lastSeq - $r.durableSeq else "" end),
+                   ($r.aheadCount // "")]
+                | map(tostring) | join("|")' <<<"$st" 2>/dev/null || echo "|||") || true
+            if [[ "$ahead" =~ ^[0-9]+$ ]]; then
+                AHEAD=$((ahead - ${PREV_AHEAD[$c]:-0}))
+                PREV_AHEAD[$c]=$ahead
+            fi
+        fi
+        t0=$(date +%s.%N)
+        DRAIN_S=timeout
+        deadline=$((SECONDS + DRAIN_TIMEOUT))
+        while ((SECONDS < deadline)); do
+            st=$(br_status "${ADMIN[$c]}") || break
+            if jq -e '.volumes[0] as $v | ($v.replication // {}) as $r
+                      | ($r.lastSeq != null) and ($r.durableSeq == $r.lastSeq)
+                        and (($v.dirtyBytes // 0) == 0) and ($v.resync == null)' <<<"$st" >/dev/null 2>&1; then
+                DRAIN_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+                break
+            fi
+            sleep 0.25
+        done
+        ;;
+    esac
+    [[ "$DRAIN_S" != timeout ]] || log "$c: replica did not catch up within ${DRAIN_TIMEOUT} s"
+    return 0
+}
+
+# ---------------------------------------------------------------- runs
+FIO_TIMEOUT=$((RUNTIME + RAMP + 60))
+FAILED=0
+: >"$OUT_TSV.tmp"
+declare -A RUNFAIL=()
+
+run_fio() { # config jobname out.json fio-args...
+    local c=$1 name=$2 out=$3 rc=0
+    shift 3
+    if ! alive "$c"; then
+        RUNFAIL[$c/$name]="a daemon of $c is no longer running"
+        log "${RUNFAIL[$c/$name]}; skipping $name"
+        FAIL[$c]="${FAIL[$c]:-a daemon exited during the benchmark}"
+        return 1
+    fi
+    # fio's nbd engine may print a line before the JSON: the JSON goes to a file of its own.
+    # fio runs in the background and is waited for, so a signal to this script is acted on at once.
+    timeout "$FIO_TIMEOUT" fio --name="$name" --ioengine=nbd --uri="${URIS[$c]}" \
+        --numjobs=1 --norandommap --randrepeat=0 "$@" \
+        --output-format=json --output="$out" >"$out.stdout" 2>"$out.stderr" &
+    FIO_PID=$!
+    wait "$FIO_PID" || rc=$?
+    FIO_PID=""
+    if ((rc != 0)); then
+        RUNFAIL[$c/$name]="fio status $rc: $(cat "$out.stderr" "$out.stdout" 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-160)"
+        log "fio failed for $c / $name: ${RUNFAIL[$c/$name]}"
+        return 1
+    fi
+}
+
+ACTIVE=()
+for c in "${CFG_LIST[@]}"; do [[ -z "${FAIL[$c]:-}" ]] && ACTIVE+=("$c"); done
+log "measuring: ${ACTIVE[*]:-(nothing)}"
+
+if ((WARMUP > 0)); then
+    for c in "${ACTIVE[@]}"; do
+        log "warm-up: $c ${WARMUP} s"
+        if run_fio "$c" warmup "$WORK/$c/warmup.json" --rw=randrw --bs=4k --iodepth=8 --time_based --runtime="$WARMUP"; then
+            lag_and_drain "$c"
+        else
+            log "warm-up failed for $c (continuing)"
+        fi
+    done
+fi
+
+total=$((REPEATS * ${#JOBS[@]} * ${#ACTIVE[@]}))
+n=0
+for ((rep = 1; rep <= REPEATS; rep++)); do
+    for job in "${JOBS[@]}"; do
+        name="${job%%|*}"
+        read -r -a args <<<"${job#*|}"
+        for c in "${ACTIVE[@]}"; do
+            n=$((n + 1))
+            out="$WORK/$c/$name.$rep.json"
+            log "[$n/$total] run $rep/$REPEATS $name on $c"
+            if run_fio "$c" "$name" "$out" "${args[@]}" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"; then
+                lag_and_drain "$c"
+                # The JSON may be preceded by a non-JSON line: start at the first line that opens an object.
+                if ! sed -n '/^{/,$p' "$out" | jq -r --arg c "$c" --arg j "$name" --arg r "$rep" \
+                    --arg lb "$LAG_B" --arg ua "$LAG_UA" --arg ud "$LAG_UD" --arg ah "$AHEAD" --arg dr "$DRAIN_S" '
+                    .jobs[0] as $job
+                    | $job.write as $d
+                    | if ($job.error // 0) != 0 then error("fio job error \($job.error)") else . end
+                    | [$c, $j, $r, $d.iops, ($d.bw_bytes / 1048576),
+                       ($d.clat_ns.percentile["50.000000"] / 1000), ($d.clat_ns.percentile["99.000000"] / 1000),
+                       $lb, $ua, $ud, $ah, $dr]
+                    | @tsv' >>"$OUT_TSV.tmp"; then
+                    RUNFAIL[$c/$name]="could not parse fio output"
+                    log "could not parse fio output for $c / $name (run $rep)"
+                    FAILED=1
+                fi
+            else
+                FAILED=1
+            fi
+        done
+    done
+done
+
+# ---------------------------------------------------------------- wire ratio (sync pair)
+WIRE_JSON="$WORK/wire.json"
+echo '{}' >"$WIRE_JSON"
+if [[ "$WIRE" == 1 ]]; then
+    c=sync-pair
+    if [[ -n "$WIRE_FAIL" ]]; then
+        :
+    elif [[ -n "${FAIL[$c]:-}" ]]; then
+        WIRE_FAIL="sync pair not running (${FAIL[$c]})"
+    elif ! alive "$c"; then
+        WIRE_FAIL="a sync pair daemon is no longer running"
+    else
+        log "wire ratio: nbdcopy of the ext4 image into the sync pair's primary ..."
+        wire_counters() { br_status "${ADMIN[$c]}" | jq -c '.volumes[0].wire // empty'; }
+        before=$(wire_counters 2>/dev/null) || before=""
+        t0=$(date +%s.%N)
+        if ! nbdcopy --flush "$WIRE_IMG" "${URIS[$c]}" >"$WORK/nbdcopy.log" 2>&1; then
+            WIRE_FAIL="nbdcopy failed: $(reason_from_log "$WORK/nbdcopy.log")"
+        else
+            secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+            lag_and_drain "$c" # everything sent and durable before the counters are read
+            after=$(wire_counters 2>/dev/null) || after=""
+            if [[ -z "$after" ]] || ! jq -e '(.payloadBytes | type) == "number" and (.wireBytes | type) == "number"' <<<"$after" >/dev/null 2>&1; then
+                WIRE_FAIL="status JSON has no volumes[0].wire.payloadBytes / wireBytes"
+            else
+                jq -n --argjson b "${before:-null}" --argjson a "$after" --arg s "$secs" '
+                    {before: $b, after: $a, seconds: ($s | tonumber),
+                     payload: ($a.payloadBytes - ($b.payloadBytes // 0)), wire: ($a.wireBytes - ($b.wireBytes // 0))}' >"$WIRE_JSON"
+            fi
+        fi
+    fi
+    [[ -z "$WIRE_FAIL" ]] || log "wire ratio failed: $WIRE_FAIL"
+fi
+
+# ---------------------------------------------------------------- stop everything, check the sync secondary
+log "stopping daemons (SIGTERM) ..."
+stop_all
+STOP_NOTES=""
+for label in "${!EXIT_CODES[@]}"; do
+    [[ "$label" == */qsd || "$label" == */target ]] && continue
+    rc=${EXIT_CODES[$label]}
+    [[ "$rc" == 0 || -n "${FAIL[${label%/*}]:-}" ]] || STOP_NOTES+="$label exited $rc after SIGTERM; "
+done
+WIRE_MATCH=""
+if [[ "$WIRE" == 1 && -z "$WIRE_FAIL" ]]; then
+    # After a sync-mode copy and a clean stop, the secondary's image must hold the ext4 image byte for byte.
+    if cmp -s "$WIRE_IMG" "$WORK/sync-pair/s/$VOL.img"; then WIRE_MATCH=yes; else WIRE_MATCH=no; fi
+fi
+
+# ---------------------------------------------------------------- report
+{
+    printf 'config\tjob\trun\tiops\tmib_s\tclat_p50_us\tclat_p99_us\tlag_bytes\tlag_unapplied\tlag_undurable\tahead\tdrain_s\n'
+    cat "$OUT_TSV.tmp"
+} >"$OUT_TSV"
+rm -f "$OUT_TSV.tmp"
+FAILS_TSV="$WORK/fails.tsv"
+: >"$FAILS_TSV"
+for k in "${!FAIL[@]}"; do printf '%s\t\t%s\n' "$k" "${FAIL[$k]}" >>"$FAILS_TSV"; done
+for k in "${!RUNFAIL[@]}"; do printf '%s\t%s\t%s\n' "${k%/*}" "${k#*/}" "${RUNFAIL[$k]}" >>"$FAILS_TSV"; done
+STARTS=""
+for k in "${!STARTUP[@]}"; do STARTS+="$k=${STARTUP[$k]} "; done
+
+REPORT=$("$PY" - "$OUT_TSV" "$FAILS_TSV" "${CFG_LIST[*]}" "${job_names[*]}" "$WIRE_JSON" "$WIRE" "$WIRE_FAIL" \
+    "$WIRE_DESC" "$WIRE_MATCH" "$STARTS" "$WIRE_ROOTS" <<'PY'
+import csv, json, statistics, sys
+
+tsv, fails_tsv, cfgs, jobs, wire_json, wire_on, wire_fail, wire_desc, wire_match, starts, wire_roots = sys.argv[1:12]
+cfgs, jobs = cfgs.split(), jobs.split()
+starts = dict(s.split("=", 1) for s in starts.split())
+runs = {}
+with open(tsv) as f:
+    for row in csv.DictReader(f, delimiter="\t"):
+        runs.setdefault((row["config"], row["job"]), []).append(row)
+cfg_fail, run_fail = {}, {}
+with open(fails_tsv) as f:
+    for line in f:
+        c, j, reason = line.rstrip("\n").split("\t", 2)
+        (cfg_fail.__setitem__(c, reason) if not j else run_fail.__setitem__((c, j), reason))
+
+NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pair", "sync-pair": "blockrepl sync pair",
+         "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)"}
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+def med(c, j, k):
+    vals = [x for x in (num(r[k]) for r in runs.get((c, j), [])) if x is not None]
+    return statistics.median(vals) if vals else None
+
+def mx(c, j, k):
+    vals = [x for x in (num(r[k]) for r in runs.get((c, j), [])) if x is not None]
+    return max(vals) if vals else None
+
+def f_int(v): return "n/a" if v is None else f"{v:,.0f}"
+def f_dec(v): return "n/a" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
+
+def f_bytes(v):
+    if v < 1048576:
+        return f"{v / 1024:,.0f} KiB"
+    return f"{v / 1048576:,.1f} MiB"
+
+def lag_cell(c, j):
+    if c == "standalone":
+        return "-"
+    lb, lbmax = med(c, j, "lag_bytes"), mx(c, j, "lag_bytes")
+    ua, ud = med(c, j, "lag_unapplied"), med(c, j, "lag_undurable")
+    ahead = sum(x for x in (num(r["ahead"]) for r in runs.get((c, j), [])) if x is not None)
+    if lb is None and ua is None and ud is None:
+        return "n/a"
+    parts = []
+    if lb is not None:
+        parts.append(f"{f_bytes(lb)} (max {f_bytes(lbmax)})")
+    if ua is not None or ud is not None:
+        parts.append(f"{'n/a' if ua is None else f'{ua:,.0f}'} unapplied / {'n/a' if ud is None else f'{ud:,.0f}'} not durable writes")
+    if ahead:
+        parts.append(f"went ahead {ahead:,.0f}x")
+    return "; ".join(parts)
+
+def drain_cell(c, j):
+    if c == "standalone":
+        return "-"
+    vals = [r["drain_s"] for r in runs.get((c, j), [])]
+    if not vals:
+        return "n/a"
+    timeouts = sum(v == "timeout" for v in vals)
+    nums = [float(v) for v in vals if num(v) is not None]
+    s = f"{statistics.median(nums):.1f}" if nums else "n/a"
+    return s + (f" ({timeouts} timed out)" if timeouts else "")
+
+out = []
+out.append("| job | configuration | IOPS | MiB/s | p50 us | p99 us | replica lag at end of run | catch-up s |")
+out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+for j in jobs:
+    for c in cfgs:
+        name = NAMES[c]
+        if c in cfg_fail and not runs.get((c, j)):
+            out.append(f"| {j} | {name} | failed: {cfg_fail[c]} | | | | | |")
+            continue
+        if not runs.get((c, j)):
+            out.append(f"| {j} | {name} | failed: {run_fail.get((c, j), 'no successful run')} | | | | | |")
+            continue
+        out.append(f"| {j} | {name} | {f_int(med(c, j, 'iops'))} | {f_dec(med(c, j, 'mib_s'))} | "
+                   f"{f_dec(med(c, j, 'clat_p50_us'))} | {f_dec(med(c, j, 'clat_p99_us'))} | {lag_cell(c, j)} | {drain_cell(c, j)} |")
+counts = sorted({len(v) for v in runs.values()})
+out.append("")
+out.append("p50/p99: fio completion latency (clat) percentiles, microseconds; MiB/s = 2^20 bytes/s; runs per cell: "
+           + (", ".join(map(str, counts)) if counts else "none") + " (median shown). "
+           "Replica lag: one reading right after fio exits (one `blockrepl status --json` call or one QMP query; median over "
+           "runs, max bytes in brackets). blockrepl: bytes = `replication.queuedBytes` (queued or sent, not yet received) + "
+           "`dirtyBytes` (bitmap after going ahead); writes = `lastSeq - appliedSeq` and `lastSeq - durableSeq` of the primary; "
+           "'went ahead' = increase of `replication.aheadCount`, summed over runs. qsd: bytes = `len - offset` of the mirror "
+           "job (dirty bytes at the job's granularity, 64 KiB for a 1 GiB image). Catch-up: seconds until the replica had "
+           "everything (blockrepl: durableSeq == lastSeq, no dirty bytes, no resync; qsd: len == offset), waited for before the next run.")
+if starts:
+    out.append("Time from start to measurable (pairs: secondary started to `connected`; qsd: blockdev-mirror to ready): "
+               + ", ".join(f"{NAMES[k]} {v} s" for k, v in sorted(starts.items())) + ".")
+
+out.append("")
+out.append("## Ratios (IOPS, medians)")
+out.append("")
+out.append("| ratio | job | value | target | |")
+out.append("|---|---|---:|---:|---|")
+def ratio(a, b, j, target, label):
+    va, vb = med(a, j, "iops"), med(b, j, "iops")
+    if va is None or vb is None or vb == 0:
+        why = "; ".join((f"{NAMES[x]} failed: {cfg_fail.get(x, run_fail.get((x, j), 'no successful run'))}"
+                         if x in cfgs else f"{NAMES[x]} not in CONFIGS")
+                        for x in (a, b) if med(x, j, "iops") is None)
+        out.append(f"| {label} | {j} | n/a | >= {target:.1f}x | {why or 'n/a'} |")
+        return
+    r = va / vb
+    out.append(f"| {label} | {j} | {r:.2f}x | >= {target:.1f}x | {'met' if r >= target else 'MISSED'} |")
+if "4k-randwrite-qd1" in jobs:
+    ratio("sync-pair", "qsd-sync", "4k-randwrite-qd1", 1.0, "sync pair / qsd write-blocking mirror")
+if "4k-randwrite-qd32" in jobs:
+    ratio("sync-pair", "qsd-sync", "4k-randwrite-qd32", 1.5, "sync pair / qsd write-blocking mirror")
+    ratio("async-pair", "standalone", "4k-randwrite-qd32", 0.8, "async pair / standalone")
+
+if wire_on == "1":
+    out.append("")
+    out.append("## Wire ratio on filesystem data (sync pair)")
+    out.append("")
+    out.append(f"Data set: {wire_desc or '(not built)'}; regular files of each of {wire_roots} in sorted path order, "
+               "put into a 1 GiB ext4 image with `mke2fs -t ext4 -d` (no mount), copied into the sync pair's primary with "
+               "`nbdcopy --flush` over the volume that the fio runs had filled. Bytes are the change of the primary's "
+               "`volumes[0].wire` counters across the copy.")
+    out.append("")
+    if wire_fail:
+        out.append(f"failed: {wire_fail}")
+    else:
+        w = json.load(open(wire_json))
+        p, wb = w["payload"], w["wire"]
+        r = wb / p if p else None
+        out.append("| payloadBytes | wireBytes | wire / payload | target | | nbdcopy | secondary == image after stop |")
+        out.append("|---:|---:|---:|---:|---|---:|---|")
+        out.append(f"| {p:,} | {wb:,} | {'n/a' if r is None else f'{r:.3f}'} | <= 0.6 | "
+                   f"{'n/a' if r is None else ('met' if r <= 0.6 else 'MISSED')} | {w['seconds']:.1f} s | {wire_match or 'n/a'} |")
+print("\n".join(out))
+PY
+)
+
+echo "$REPORT"
+{
+    echo "$HEADER"
+    echo
+    echo "$REPORT"
+    echo
+    echo "Load average at the end (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg). Run took ${SECONDS} s."
+    if [[ -n "$STOP_NOTES" ]]; then
+        echo
+        echo "Note: ${STOP_NOTES%; }."
+    fi
+    echo
+    echo "Raw per-run numbers: bench/results/$(basename "$OUT_TSV")"
+} >"$OUT_MD"
+echo
+[[ -z "$STOP_NOTES" ]] || log "note: ${STOP_NOTES%; }"
+log "report written to ${OUT_MD#"$REPO"/}, per-run numbers to ${OUT_TSV#"$REPO"/}"
+if ((FAILED)) || ((${#FAIL[@]} > 0)) || [[ -n "$WIRE_FAIL" ]]; then
+    log "some configurations or runs failed (see above); the report says which"
+    exit 1
+fi
