@@ -4,6 +4,7 @@
 #   make test         deps + build, then run every test with per-test output
 #   make run          deps + build, then start a local primary/secondary pair (tools/run-local.sh)
 #   make bench        deps + build, then the NBD end-to-end benchmark vs qemu-nbd and nbdkit
+#   make bench-repl   deps + build, then the replication benchmark vs qemu-storage-daemon mirrors
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs
 
@@ -25,7 +26,7 @@ TEST_ARGS     ?=
 MICRO_FILTER  ?= *
 MICRO_ARGS    ?=
 
-.PHONY: deps build test run bench bench-micro clean
+.PHONY: deps build test run bench bench-repl bench-micro clean
 
 deps:
 	bash tools/install-deps.sh
@@ -42,6 +43,9 @@ run: deps build
 
 bench: deps build
 	bash bench/nbd-bench.sh
+
+bench-repl: deps build
+	bash bench/repl-bench.sh
 
 bench-micro: deps
 	$(DOTNET) run -c $(CONFIGURATION) --project $(MICRO_PROJECT) -- --filter '$(MICRO_FILTER)' $(MICRO_ARGS)
