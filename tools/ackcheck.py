@@ -42,6 +42,9 @@ Verify reads every block the state mentions (--all: every block of the area) and
            version (--mode durable), the last acknowledged one (--mode acked and prefix).
 The result line is `ackcheck: N blocks checked, M lost writes, K corrupt` where M counts blocks whose
 newest required write is missing. Exit 1 if M>0 or K>0 (durable, acked) or K>0 (prefix), else 0.
+--mode prefix (async replication) also checks the write order: a block may miss acknowledged writes, but
+if the export holds a write, it must hold every write acknowledged before that one was sent in the same
+writer run; otherwise the blocks that break the order are reported ("out of order") and the exit is 1.
 Exit 2 on usage errors or when the server cannot be reached.
 The writer exits 0 when the server goes away (expected in failover runs) and prints
 `ackcheck: run RUN: W writes sent, A acknowledged, D durable, F flushes, ended: REASON`;
@@ -109,6 +112,10 @@ class State:
         self._pending = []  # acknowledged, not yet durable, in this run: (block, version)
         self._base = 0  # index (over the run's A lines) of _pending[0]
         self._flush_marks = {}
+        self.events = 0  # index of the current line, for the order checks of --mode prefix
+        self.send_index = {}  # (block, version) -> index of its S line
+        self.ack_history = {}  # block -> [(index of the A/D line, version)], in file order
+        self.run_starts = []  # index of each R line
 
     def _entry(self, block):
         e = self.blocks.get(block)
@@ -122,12 +129,27 @@ class State:
             e[2] = version
         self.durable += 1
 
+    def acked_before(self, block, index):
+        """The newest version of block acknowledged in the same writer run as event index, before it (0: none)."""
+        start = max((r for r in self.run_starts if r <= index), default=0)
+        best = 0
+        for at, version in self.ack_history.get(block, ()):
+            if at >= index:
+                break
+            if at > start:
+                best = max(best, version)
+        return best
+
     def apply(self, fields):
         kind = fields[0]
+        self.events += 1
+        if kind in ("A", "D"):
+            self.ack_history.setdefault(int(fields[1]), []).append((self.events, int(fields[2])))
         if kind == "S":
             e = self._entry(int(fields[1]))
             e[0] = max(e[0], int(fields[2]))
             self.sent += 1
+            self.send_index[(int(fields[1]), int(fields[2]))] = self.events
         elif kind == "A":
             block, version = int(fields[1]), int(fields[2])
             e = self._entry(block)
@@ -151,6 +173,7 @@ class State:
                 del self._pending[:cut]
                 self._base = mark
         elif kind == "R":
+            self.run_starts.append(self.events)
             run_id = bytes.fromhex(fields[1])
             area = (int(fields[2]), int(fields[3]))
             if self.area is not None and self.area != area:
@@ -369,6 +392,7 @@ def cmd_verify(args):
     to_check = range(blocks) if args.all else sorted(state.blocks)
     checked = lost = corrupt = missing_acked = 0
     reported = 0
+    present = {}  # block -> version found on the export
 
     def report(message):
         nonlocal reported
@@ -402,6 +426,7 @@ def cmd_verify(args):
                 corrupt += 1
                 report("block %d corrupt: version %d was never sent (last sent %d)" % (block, version, sent))
                 return
+        present[block] = version
         if version < acked:
             missing_acked += 1
         if version < required:
@@ -445,11 +470,31 @@ def cmd_verify(args):
         print("ackcheck: ... %d more problems not shown" % (reported - 20), file=sys.stderr)
     print("ackcheck: state: %d runs, %d writes sent, %d acknowledged, %d durable; mode %s"
           % (len(state.runs), state.sent, state.acked, state.durable, args.mode), file=sys.stderr)
+    disorder = 0
     if args.mode == "prefix":
         print("ackcheck: prefix mode: %d blocks miss their last acknowledged write (not a failure)"
               % missing_acked, file=sys.stderr)
+        # A write-ordered prefix: if the export holds a write, it holds every write that was acknowledged
+        # before that one was sent in the same writer run (the client had seen it complete, so any server
+        # must have ordered it first). The newest-sent write present decides the cut; every block must be at
+        # least at the version acknowledged before it in that run. Earlier runs are not held against it: an
+        # async failover may legitimately have dropped their last acknowledged writes, and the run after it
+        # started from what the promoted node had (which that failover's own verify checked).
+        cut, cut_write = 0, None
+        for block, version in present.items():
+            at = state.send_index.get((block, version), 0) if version > 0 else 0
+            if at > cut:
+                cut, cut_write = at, (block, version)
+        for block in sorted(state.blocks):
+            need = state.acked_before(block, cut)
+            if present.get(block, 0) < need:
+                disorder += 1
+                report("block %d out of order: holds version %d, but version %d was acknowledged before block %d "
+                       "version %d was sent, and that write is present" % (block, present.get(block, 0), need,
+                                                                          cut_write[0], cut_write[1]))
+        print("ackcheck: prefix mode: %d blocks break the write order" % disorder, file=sys.stderr)
     print("ackcheck: %d blocks checked, %d lost writes, %d corrupt" % (checked, lost, corrupt), flush=True)
-    if corrupt > 0 or (lost > 0 and args.mode != "prefix"):
+    if corrupt > 0 or disorder > 0 or (lost > 0 and args.mode != "prefix"):
         return 1
     return 0
 

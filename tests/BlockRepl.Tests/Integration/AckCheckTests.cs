@@ -128,7 +128,10 @@ public sealed class AckCheckTests(ITestOutputHelper output)
         var state = dir.PathOf("ack.state");
         var image = await WriteCleanStampedVolumeAsync(dir, state);
 
-        var (block, version, runId) = FindStamp(image, minVersion: 2);
+        // Roll back the block whose last write was acknowledged earliest: hundreds of writes were sent after
+        // that acknowledgement, so the rolled-back image is not a write-ordered prefix either.
+        var block = EarliestFinishedBlock(state);
+        var (_, version, runId) = FindStamp(image, minVersion: 2, onlyBlock: block);
         await using (var file = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
         {
             file.Position = (long)block * BlockSize;
@@ -141,10 +144,12 @@ public sealed class AckCheckTests(ITestOutputHelper output)
         Assert.True(result.ExitCode == 1 && result.Lost == 1 && result.Corrupt == 0, $"one block rolled back: {result}");
         Assert.Contains($"block {block} lost: holds version {version - 1}, durable version is {version}", result.Stderr, StringComparison.Ordinal);
 
-        // Prefix mode (async replication) reports the missing write but does not fail on it.
+        // Prefix mode (async replication) tolerates a missing write, but not one missing while later writes (sent
+        // after it was acknowledged) are present: a rolled-back block in the middle is not a write-ordered prefix.
         var prefix = await AckCheck.VerifyAsync(daemon.NbdUri, state, "prefix");
         output.WriteLine($"prefix mode: {prefix}");
-        Assert.True(prefix.ExitCode == 0 && prefix.Lost == 1 && prefix.Corrupt == 0, $"prefix mode: {prefix}");
+        Assert.True(prefix.ExitCode == 1 && prefix.Lost == 1 && prefix.Corrupt == 0, $"prefix mode: {prefix}");
+        Assert.Contains($"block {block} out of order: holds version {version - 1}, but version {version} was acknowledged before", prefix.Stderr, StringComparison.Ordinal);
         await daemon.StopAsync();
     }
 
@@ -166,15 +171,18 @@ public sealed class AckCheckTests(ITestOutputHelper output)
         var baseline = await AckCheck.VerifyAsync(daemon.NbdUri, state, "durable");
         Assert.True(baseline.ExitCode == 0 && baseline.Checked == 64 && baseline.Lost == 0 && baseline.Corrupt == 0,
             $"baseline before tampering: {baseline}");
+        var prefix = await AckCheck.VerifyAsync(daemon.NbdUri, state, "prefix");
+        Assert.True(prefix.ExitCode == 0 && prefix.Stderr.Contains("0 blocks break the write order", StringComparison.Ordinal),
+            $"prefix baseline before tampering: {prefix}");
         await daemon.StopAsync();
         return daemon.ImagePath;
     }
 
     /// <summary>The first block of the image whose stamp has at least <paramref name="minVersion"/>.</summary>
-    private static (int Block, ulong Version, byte[] RunId) FindStamp(string image, ulong minVersion)
+    private static (int Block, ulong Version, byte[] RunId) FindStamp(string image, ulong minVersion, int? onlyBlock = null)
     {
         var magic = "ACKCHK01"u8.ToArray();
-        for (var block = 0; block < 64; block++)
+        for (var block = onlyBlock ?? 0; block < (onlyBlock + 1 ?? 64); block++)
         {
             var header = TestData.ReadFileRange(image, (long)block * BlockSize, 36);
             if (header.AsSpan(0, 8).SequenceEqual(magic)
@@ -187,6 +195,23 @@ public sealed class AckCheckTests(ITestOutputHelper output)
 
         Assert.Fail($"no stamp with version >= {minVersion} in the first 64 blocks of {image}");
         return default;
+    }
+
+    /// <summary>From the state file: the block (with at least 2 versions) whose last acknowledgement came first.</summary>
+    private static int EarliestFinishedBlock(string state)
+    {
+        var lastAck = new Dictionary<int, (int Line, ulong Version)>();
+        var lines = File.ReadAllLines(state);
+        for (var i = 0; i < lines.Length; i++)
+        {
+            var f = lines[i].Split(' ');
+            if (f[0] is "A" or "D")
+            {
+                lastAck[int.Parse(f[1], CultureInfo.InvariantCulture)] = (i, ulong.Parse(f[2], CultureInfo.InvariantCulture));
+            }
+        }
+
+        return lastAck.Where(e => e.Value.Version >= 2).MinBy(e => e.Value.Line).Key;
     }
 
     /// <summary>The stamp layout documented in tools/ackcheck.py, built independently of the script.</summary>

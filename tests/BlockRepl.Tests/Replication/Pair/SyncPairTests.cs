@@ -199,4 +199,48 @@ public sealed class SyncPairTests(ITestOutputHelper output)
         var (hashA, hashB) = await pair.StopAndHashAsync();
         Assert.True(hashA == hashB, $"after ten failovers the images differ: {hashA} vs {hashB}");
     }
+
+    [Fact]
+    public async Task AckCheck_AsyncPair_FiveKill9Failovers_SecondaryIsAWriteOrderedPrefix()
+    {
+        await AckCheck.EnsureLibnbdAsync();
+        await using var pair = await ReplicaPair.StartAsync("async", "32M");
+        var state = pair.DirA.PathOf("ack.state");
+        var random = new Random(20261130);
+        var (primary, secondary) = ('a', 'b');
+        for (var cycle = 1; cycle <= 5; cycle++)
+        {
+            var p = primary == 'a' ? pair.A! : pair.B!;
+            var s = secondary == 'a' ? pair.A! : pair.B!;
+            await using (var writer = ChildProcess.Start(AckCheck.Script,
+            [
+                "write", "--uri", p.NbdUri, "--state", state, "--seconds", "2", "--blocks", "2048", "--flush-every", "64",
+                "--fua-ratio", "0.05", "--seed", (700 + cycle).ToString(CultureInfo.InvariantCulture),
+            ]))
+            {
+                await writer.WaitForLineAsync(l => l.StartsWith("ackcheck: writer connected", StringComparison.Ordinal), "ackcheck writer start");
+                await Task.Delay(400 + random.Next(600));
+                await p.Kill9Async();
+                Assert.True(await writer.WaitForExitAsync() == 0, $"cycle {cycle}: writer failed.\n{writer.Describe()}");
+            }
+
+            var promote = await ReplicaPair.CliAsync(s, "promote");
+            Assert.True(promote.ExitCode == 0, $"cycle {cycle}: promote of node {secondary}: {promote}\n{s.Stderr}");
+
+            // Async: acknowledged writes may be missing, but what is there is a write-ordered prefix, uncorrupted.
+            var prefix = await AckCheck.VerifyAsync(s.NbdUri, state, "prefix");
+            Assert.True(prefix.ExitCode == 0 && prefix.Corrupt == 0 && prefix.Stderr.Contains("0 blocks break the write order", StringComparison.Ordinal),
+                $"cycle {cycle}: verify --mode prefix on the promoted node {secondary}: {prefix}");
+            output.WriteLine($"cycle {cycle}: node {primary} killed, node {secondary} promoted ({promote.Stdout.Trim()}): "
+                + $"{prefix.Checked} blocks checked, {prefix.Lost} behind their last acknowledged write, {prefix.Corrupt} corrupt, in write order");
+
+            var back = await pair.StartNodeAsync(primary);
+            await ReplicaPair.WaitForAsync(back, v => ReplicaPair.Str(v, "role") == "secondary", $"cycle {cycle}: node {primary} stepping down");
+            await ReplicaPair.WaitInSyncAsync(s);
+            (primary, secondary) = (secondary, primary);
+        }
+
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"after five async failovers the images differ: {hashA} vs {hashB}");
+    }
 }
