@@ -49,12 +49,20 @@ public sealed partial class Volume : IDisposable
         // Tracking of what the peer lacks is in memory only (the persistent bitmap is the next issue's work):
         // whatever bitmap generation the file names, no bitmap survived the restart.
         metadata.BitmapGeneration = 0;
-        if (_role == VolumeRole.Primary && !metadata.CleanShutdown)
+        if (_role == VolumeRole.Primary)
         {
-            // Killed while serving as primary: writes may have reached this image and never the peer, and no
-            // bitmap names them. A new generation starts at the first write; the next resync is a full one.
-            metadata.NeedsFullSync = true;
+            if (!metadata.CleanShutdown)
+            {
+                // Killed while serving as primary: writes may have reached this image and never the peer, and no
+                // bitmap names them. The next resync is a full one.
+                metadata.NeedsFullSync = true;
+            }
+
+            // Whether or not the stop was clean, the first write before the peer is back starts a new
+            // generation, so a peer promoted meanwhile sees both sides moved on (split brain), not "newer".
+            // After a clean, drained stop the in-memory bitmap starts empty and valid, relative to the peer.
             _bumpPending = true;
+            _bumpKeepsBitmap = metadata.CleanShutdown && !metadata.NeedsFullSync;
         }
 
         metadata.CleanShutdown = false;
@@ -247,7 +255,6 @@ public sealed partial class Volume : IDisposable
         {
             EnsureWritable();
             BeforeChangeLocked();
-            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
             try
             {
                 _image.Write(offset, data);
@@ -255,8 +262,11 @@ public sealed partial class Volume : IDisposable
             catch (BlockImageException)
             {
                 Counters.Error();
-                throw;
+                throw; // nothing replicated: the peer must not get a write the local image refused
             }
+
+            // Still under the ordering lock, so the seq order is the local write order.
+            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
         }
 
         Counters.Write(data.Length);
@@ -288,8 +298,8 @@ public sealed partial class Volume : IDisposable
         {
             EnsureWritable();
             BeforeChangeLocked();
-            peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
             RunCounted(() => _image.Trim(offset, length));
+            peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
         }
 
         Counters.Trim();
@@ -406,8 +416,8 @@ public sealed partial class Volume : IDisposable
             lock (_metaGate)
             {
                 // Clean only when nothing is left that the peer may lack and no bitmap would remember.
-                _metadata.CleanShutdown = _role == VolumeRole.Secondary || _link is null || _link.IsDrained || _metadata.NeedsFullSync;
-                if (_role == VolumeRole.Primary && _link is not null && !_link.IsDrained)
+                _metadata.CleanShutdown = _role == VolumeRole.Secondary || _link is null || _link.WasDrained || _metadata.NeedsFullSync;
+                if (_role == VolumeRole.Primary && _link is not null && !_link.WasDrained)
                 {
                     _metadata.NeedsFullSync = true;
                 }

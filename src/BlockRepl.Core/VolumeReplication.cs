@@ -55,8 +55,8 @@ public sealed partial class Volume
         }
     }
 
-    /// <summary>The peer accepted: opens the gate. Returns true when a resync must run.</summary>
-    internal bool StreamAccepted(bool fullResync, ulong peerGeneration)
+    /// <summary>The peer accepted: opens the gate (and queues a resync's Begin first when one is due). Returns true when a resync must run.</summary>
+    internal bool StreamAccepted(bool fullResync, ulong peerGeneration, bool targetFresh, bool peerInconsistent)
     {
         _splitBrain = false;
         lock (_order)
@@ -64,7 +64,7 @@ public sealed partial class Volume
             _bumpPending = false;
             _peerGeneration = peerGeneration;
             _link!.OpenStream();
-            return _link.StreamAccepted(fullResync);
+            return _link.StreamAccepted(fullResync, targetFresh, peerInconsistent);
         }
     }
 
@@ -84,7 +84,8 @@ public sealed partial class Volume
                 return;
             }
 
-            link.CloseStream();
+            link.CloseStream(_role == VolumeRole.Primary ? null
+                : new VolumeReadOnlyException($"volume {Name} stopped being primary before its peer acknowledged the write"));
             lock (_metaGate)
             {
                 if (_role == VolumeRole.Primary && _peerGeneration == _metadata.CurrentGeneration)
@@ -105,7 +106,7 @@ public sealed partial class Volume
     /// write can come between the read and the record. Holes are sent as zero ranges (or skipped when the
     /// target is fresh, hence all zeroes already); all-zero data goes as a zero range too.
     /// </summary>
-    internal async Task RunResyncAsync(bool full, bool targetFresh, Action<string> log, CancellationToken cancellationToken)
+    internal async Task RunResyncAsync(bool full, Action<string> log, CancellationToken cancellationToken)
     {
         var link = _link!;
         if (!link.BeginResync(full))
@@ -113,7 +114,9 @@ public sealed partial class Volume
             return;
         }
 
-        log($"{(full ? "full sync" : "bitmap resync")} of {link.Snapshot().ResyncTotalBytes} bytes started{(targetFresh ? " (target fresh: holes skipped)" : "")}");
+        var snapshot = link.Snapshot();
+        full = snapshot.ResyncFull;
+        log($"{(full ? "full sync" : "bitmap resync")} of {snapshot.ResyncTotalBytes} bytes started{(link.HolesMaySkip ? " (target fresh: holes skipped)" : "")}");
         var buffer = ArrayPool<byte>.Shared.Rent(ResyncRunBytes);
         var extents = new ImageExtent[64];
         try
@@ -128,7 +131,7 @@ public sealed partial class Volume
                     took = link.TakeResyncRun(ResyncRunBytes, out var offset, out var length);
                     if (took)
                     {
-                        SendRunLocked(link, offset, length, buffer, extents, targetFresh);
+                        SendRunLocked(link, offset, length, buffer, extents, link.HolesMaySkip);
                     }
                 }
 
@@ -254,11 +257,21 @@ public sealed partial class Volume
     /// <summary>Applies one replicated record to the image (a secondary's only way to change it).</summary>
     internal void ApplyRecord(in JournalRecordHeader header, ReadOnlySpan<byte> payload)
     {
-        if (_role != VolumeRole.Secondary)
+        // Under the ordering lock: a promotion flips the role under it too, so no replicated write can land
+        // after the first write of the new primary.
+        lock (_order)
         {
-            throw new VolumeReadOnlyException($"volume {Name} is {Role.Name()}: it applies no replicated writes");
-        }
+            if (_role != VolumeRole.Secondary)
+            {
+                throw new VolumeReadOnlyException($"volume {Name} is {Role.Name()}: it applies no replicated writes");
+            }
 
+            ApplyRecordLocked(header, payload);
+        }
+    }
+
+    private void ApplyRecordLocked(in JournalRecordHeader header, ReadOnlySpan<byte> payload)
+    {
         var offset = (long)header.Offset;
         var length = (long)header.Length;
         if (header.Kind != JournalRecordKind.Flush && (offset < 0 || length < 0 || offset > Size || length > Size - offset))
@@ -312,6 +325,7 @@ public sealed partial class Volume
         {
             _disk = DiskState.Inconsistent;
             _metadata.Disk = DiskState.Inconsistent.Name();
+            _metadata.Fresh = false; // from the first resync record on, holes here may not be skipped any more
             _metadata.Save(_metadataPath);
         }
 
@@ -425,7 +439,8 @@ public sealed partial class Volume
         }
 
         await _flush.FlushAsync().ConfigureAwait(false);
-        var drained = link is null || link.IsDrained;
+        var drained = link is null || link.WasDrained;
+        link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} was demoted before its peer acknowledged the write"));
         lock (_metaGate)
         {
             _metadata.Role = VolumeRole.Secondary.Name();
@@ -450,11 +465,15 @@ public sealed partial class Volume
             _role = VolumeRole.Secondary;
             lock (_metaGate)
             {
+                // This image may hold writes the newer peer never got (in flight at the loss, or written since
+                // without a bitmap that survived): the resync from the peer must be a full one.
                 _metadata.Role = VolumeRole.Secondary.Name();
+                _metadata.NeedsFullSync = true;
                 _metadata.Save(_metadataPath);
             }
         }
 
+        _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} stepped down to secondary"));
         _receiverConnection = ConnectionState.Connecting;
     }
 }

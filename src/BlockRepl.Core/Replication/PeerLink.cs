@@ -83,6 +83,9 @@ internal sealed class PeerLink
     /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
     public const int MaxRecordPayload = 1024 * 1024;
 
+    /// <summary>What a record counts against the queue bound at least, so trims, zero ranges and flushes are bounded too.</summary>
+    private const int MinRecordCost = 4096;
+
     private readonly Lock _gate = new();
     private readonly Queue<LinkItem> _queue = new();
     private readonly Queue<(ulong Seq, long Offset, long Length, long EnqueuedAt, long Bytes)> _unacked = new();
@@ -114,6 +117,8 @@ internal sealed class PeerLink
     private long _resyncStarted;
     private long _resyncCursor;
     private long _aheadCount;
+    private bool _holesMaySkip;
+    private bool _drainedAtClose;
     private long _connects;
     private long _disconnects;
 
@@ -221,12 +226,13 @@ internal sealed class PeerLink
                 return BlockedWaiterLocked();
             }
 
-            if (Mode == ReplicationMode.Async && _queuedBytes + payload.Length > MaxQueueBytes)
+            if (Mode == ReplicationMode.Async && _queuedBytes + Math.Max(payload.Length, MinRecordCost) > MaxQueueBytes)
             {
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
                 _ahead = true;
                 _aheadCount++;
+                _holesMaySkip = false; // a trim dropped here must reach the target as a zero range
                 _bitmap.Mark(offset, length);
                 return null;
             }
@@ -297,7 +303,7 @@ internal sealed class PeerLink
         }
 
         _queue.Enqueue(item);
-        _queuedBytes += payload.Length;
+        _queuedBytes += Math.Max(payload.Length, MinRecordCost);
         WakeShipperLocked();
 
         if (!waiter || Mode != ReplicationMode.Sync)
@@ -355,25 +361,43 @@ internal sealed class PeerLink
         }
     }
 
-    /// <summary>The peer accepted the handshake. Returns true when a resync must run (the bitmap is not clean).</summary>
-    public bool StreamAccepted(bool fullResync)
+    /// <summary>
+    /// The peer accepted the handshake. When anything is dirty (or <paramref name="peerInconsistent"/>: a resync
+    /// of the peer was cut short), the resync's Begin marker is queued here, under the same lock that opened
+    /// the gate, so no new write can reach the peer ahead of it. Returns true when a resync must run.
+    /// </summary>
+    public bool StreamAccepted(bool fullResync, bool targetFresh = false, bool peerInconsistent = false)
     {
         lock (_gate)
         {
             _accepted = true;
             _connects++;
+            _holesMaySkip = targetFresh;
             if (fullResync)
             {
                 _bitmap.MarkAll();
             }
 
-            if (_bitmap.IsEmpty)
+            if (_bitmap.IsEmpty && !peerInconsistent)
             {
                 ReleaseAllLocked(_blocked);
                 return false;
             }
 
+            BeginResyncLocked(fullResync);
             return true;
+        }
+    }
+
+    /// <summary>True while a fresh target may have holes skipped (nothing was ever sent there that a hole must undo).</summary>
+    public bool HolesMaySkip
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holesMaySkip;
+            }
         }
     }
 
@@ -382,7 +406,7 @@ internal sealed class PeerLink
     /// complete (continue policy: the write is acknowledged as a local write, degraded) or wait for the peer
     /// (block policy), and a running resync stops.
     /// </summary>
-    public void CloseStream()
+    public void CloseStream(Exception? failWaiters = null)
     {
         lock (_gate)
         {
@@ -390,6 +414,8 @@ internal sealed class PeerLink
             {
                 return;
             }
+
+            _drainedAtClose = _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive;
 
             if (_accepted)
             {
@@ -420,7 +446,12 @@ internal sealed class PeerLink
             {
                 while (queue.TryDequeue(out var w))
                 {
-                    if (OnPeerLoss == PeerLossPolicy.Block)
+                    if (failWaiters is not null)
+                    {
+                        // No longer primary: a write the peer never acknowledged must not be reported done.
+                        w.Done.TrySetException(failWaiters);
+                    }
+                    else if (OnPeerLoss == PeerLossPolicy.Block)
                     {
                         _blocked.Add(w.Done);
                     }
@@ -533,7 +564,7 @@ internal sealed class PeerLink
             }
 
             _queue.Dequeue();
-            _queuedBytes -= header.PayloadLength;
+            _queuedBytes -= Math.Max((int)header.PayloadLength, MinRecordCost);
             payloadBytes += header.PayloadLength;
             records++;
             _lastSent = header.Seq;
@@ -544,8 +575,14 @@ internal sealed class PeerLink
         ReleaseSpaceLocked();
         if (_ahead && _queue.Count == 0)
         {
-            // Drained: leave ahead; the dropped ranges are in the bitmap and the resync sends them.
+            // Drained: leave ahead. Until now the peer got a write-ordered prefix; from here the dropped ranges
+            // come back as resync records between a Begin and an End marker (the peer is inconsistent meanwhile),
+            // and the Begin goes first, before any new write.
             _ahead = false;
+            if (!_resyncActive && !_bitmap.IsEmpty)
+            {
+                BeginResyncLocked(full: false);
+            }
         }
 
         return new LinkTake(records, payloadBytes, null, Idle: false, _nextSeq - 1, _queuedBytes);
@@ -616,21 +653,36 @@ internal sealed class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || _bitmap.IsEmpty || _resyncActive)
+            if (!_streaming || _ahead)
             {
                 return false;
             }
 
-            _resyncActive = true;
-            _resyncFull = full;
-            _resyncTotal = _bitmap.DirtyBytes;
-            _resyncDone = 0;
-            _resyncCursor = 0;
-            _resyncStarted = Stopwatch.GetTimestamp();
-            _queue.Enqueue(new LinkItem { Marker = new LinkMarker(true, _resyncTotal, full, 0), EnqueuedAt = _resyncStarted });
-            WakeShipperLocked();
+            if (_resyncActive)
+            {
+                return true; // begun when the stream was accepted or when ahead ended
+            }
+
+            if (_bitmap.IsEmpty)
+            {
+                return false;
+            }
+
+            BeginResyncLocked(full);
             return true;
         }
+    }
+
+    private void BeginResyncLocked(bool full)
+    {
+        _resyncActive = true;
+        _resyncFull = full;
+        _resyncTotal = _bitmap.DirtyBytes;
+        _resyncDone = 0;
+        _resyncCursor = 0;
+        _resyncStarted = Stopwatch.GetTimestamp();
+        _queue.Enqueue(new LinkItem { Marker = new LinkMarker(true, _resyncTotal, full, 0), EnqueuedAt = _resyncStarted });
+        WakeShipperLocked();
     }
 
     /// <summary>
@@ -735,6 +787,23 @@ internal sealed class PeerLink
             {
                 return _streaming && _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty
                     && _durable == _nextSeq - 1 && !_resyncActive;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Drained now, or the last stream closed drained and nothing was written since (what a clean stop or a
+    /// demotion needs to know after the stream is gone).
+    /// </summary>
+    public bool WasDrained
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _streaming
+                    ? _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive
+                    : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
             }
         }
     }

@@ -24,6 +24,9 @@ internal sealed class PeerConnector : IAsyncDisposable
     /// <summary>Batches sent stored (no LZ4) after an incompressible one, before compression is tried again.</summary>
     private const int SkipAfterIncompressible = 4;
 
+    /// <summary>How long a demoted node keeps its stream open for the peer to acknowledge what is in flight.</summary>
+    private static readonly TimeSpan DemoteDrainLimit = TimeSpan.FromSeconds(35);
+
     private readonly Volume _volume;
     private readonly Uri _peer;
     private readonly ReplicationSettings _settings;
@@ -173,7 +176,8 @@ internal sealed class PeerConnector : IAsyncDisposable
         }
 
         var full = reply.Plan == SyncPlan.FullResync;
-        var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration);
+        var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
+            peerInconsistent: reply.Disk == V1.DiskState.Inconsistent);
         var decision = $"{reply.Plan}: {reply.Message}";
         ReplicationLog.Connected(_log, _volume.Name, Peer, decision);
 
@@ -181,8 +185,8 @@ internal sealed class PeerConnector : IAsyncDisposable
         var tasks = new[]
         {
             Task.Run(() => SendLoopAsync(call, link, token), CancellationToken.None),
-            Task.Run(() => AckLoopAsync(call, link, () => { silent = true; streamCancel.Cancel(); }, token), CancellationToken.None),
-            Task.Run(() => ResyncLoopAsync(needResync, full, reply.Fresh, link, token), CancellationToken.None),
+            Task.Run(() => AckLoopAsync(call, link, () => { silent = true; CancelQuietly(streamCancel); }, token), CancellationToken.None),
+            Task.Run(() => ResyncLoopAsync(needResync, full, link, token), CancellationToken.None),
         };
         var first = await Task.WhenAny(tasks).ConfigureAwait(false);
         await streamCancel.CancelAsync().ConfigureAwait(false);
@@ -324,25 +328,42 @@ internal sealed class PeerConnector : IAsyncDisposable
         throw new RpcException(status.StatusCode == StatusCode.OK ? new Status(StatusCode.Unavailable, "the peer ended the stream") : status);
     }
 
-    private async Task ResyncLoopAsync(bool needResync, bool full, bool targetFresh, PeerLink link, CancellationToken token)
+    private async Task ResyncLoopAsync(bool needResync, bool full, PeerLink link, CancellationToken token)
     {
         var first = true;
+        DateTime? demotedAt = null;
         while (true)
         {
             if (_volume.Role != CoreRole.Primary)
             {
-                return; // demoted or stepped down: this stream ends here
+                // Demoted: keep the stream until the peer has every write durable (the demotion waits for that),
+                // then end it. A write the peer never acknowledged then fails instead of completing.
+                demotedAt ??= DateTime.UtcNow;
+                if (link.WasDrained || DateTime.UtcNow - demotedAt > DemoteDrainLimit)
+                {
+                    return;
+                }
             }
-
-            if (needResync || (link.HasDirty && !link.ResyncActive && !link.Ahead))
+            else if (needResync || link.ResyncActive || (link.HasDirty && !link.Ahead))
             {
-                await _volume.RunResyncAsync(first && full, first && targetFresh,
-                    message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
+                await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
                 needResync = false;
                 first = false;
             }
 
             await Task.Delay(50, token).ConfigureAwait(false);
+        }
+    }
+
+    private static void CancelQuietly(CancellationTokenSource source)
+    {
+        try
+        {
+            source.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // the stream ended meanwhile
         }
     }
 

@@ -76,10 +76,22 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         var volumeName = volume!.Name;
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var previous = _active.AddOrUpdate(volumeName, (streamCancel, done.Task), (_, _) => (streamCancel, done.Task));
+        (CancellationTokenSource Cancel, Task Done)? previous = null;
+        _active.AddOrUpdate(volumeName, (streamCancel, done.Task), (_, old) =>
+        {
+            previous = old;
+            return (streamCancel, done.Task);
+        });
         try
         {
-            await TakeOverAsync(volumeName, streamCancel, done.Task).ConfigureAwait(false);
+            if (previous is { } old)
+            {
+                // One stream per volume: the old one (its sender is gone, or it would not reconnect) is cancelled
+                // and awaited, so two streams never apply to one image at once. Its handler returns only after the
+                // batch it is applying is done.
+                await TakeOverAsync(old, streamCancel.Token).ConfigureAwait(false);
+            }
+
             if (reply.Fresh)
             {
                 volume.AdoptVolumeUuid(new Guid(handshake.VolumeUuid.Span, bigEndian: true));
@@ -138,7 +150,6 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
             _active.TryRemove(new KeyValuePair<string, (CancellationTokenSource, Task)>(volumeName, (streamCancel, done.Task)));
             done.TrySetResult();
-            _ = previous;
         }
     }
 
@@ -176,18 +187,18 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
     public bool HasStream(string volume) => _active.ContainsKey(volume);
 
-    private async Task TakeOverAsync(string volumeName, CancellationTokenSource mine, Task myDone)
+    private static async Task TakeOverAsync((CancellationTokenSource Cancel, Task Done) old, CancellationToken token)
     {
-        // Any other stream for this volume that is still registered or running is cancelled and awaited, so
-        // two streams never apply to one image at once.
-        foreach (var (name, entry) in _active)
+        try
         {
-            if (name == volumeName && entry.Done != myDone)
-            {
-                await entry.Cancel.CancelAsync().ConfigureAwait(false);
-                await entry.Done.WaitAsync(TimeSpan.FromSeconds(10), mine.Token).ConfigureAwait(false);
-            }
+            await old.Cancel.CancelAsync().ConfigureAwait(false);
         }
+        catch (ObjectDisposedException)
+        {
+            // it ended already
+        }
+
+        await old.Done.WaitAsync(TimeSpan.FromSeconds(30), token).ConfigureAwait(false);
     }
 
     private (HandshakeReply Reply, Volume? Volume, string Decision) Decide(Handshake h)
@@ -309,11 +320,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 using var silence = new Timer(_ =>
                 {
                     SilentTooLong = true;
-                    streamCancel.Cancel();
+                    try
+                    {
+                        streamCancel.Cancel();
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        // the stream ended meanwhile
+                    }
                 }, null, settings.PeerTimeout, Timeout.InfiniteTimeSpan);
                 while (await requests.MoveNext(token).ConfigureAwait(false))
                 {
-                    silence.Change(settings.PeerTimeout, Timeout.InfiniteTimeSpan);
+                    // The timer counts only time spent waiting for the sender: a slow local fdatasync while
+                    // applying is not a dead peer.
+                    silence.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
                     var frame = requests.Current;
                     switch (frame.BodyCase)
                     {
@@ -330,6 +350,8 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                         default:
                             throw new ReplicationProtocolException(StatusCode.InvalidArgument, $"unexpected {frame.BodyCase} frame after the handshake");
                     }
+
+                    silence.Change(settings.PeerTimeout, Timeout.InfiniteTimeSpan);
                 }
             }
             finally
@@ -446,9 +468,13 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         private async Task AckLoopAsync(CancellationToken token)
         {
             ulong sentReceived = _start, sentApplied = _start, sentDurable = _start;
+            var keepalive = settings.PeerTimeout / 4;
+            var wait = keepalive < settings.DurableInterval ? keepalive : settings.DurableInterval;
+            var lastSent = Environment.TickCount64;
+            Task? flushing = null;
             while (true)
             {
-                var signalled = await _ackSignal.WaitAsync(settings.DurableInterval, token).ConfigureAwait(false);
+                var signalled = await _ackSignal.WaitAsync(wait, token).ConfigureAwait(false);
                 if (signalled && coalesceAcks && Volatile.Read(ref _forceAck) == 0)
                 {
                     // Async: nobody waits on these acks; one per couple of milliseconds covers many batches.
@@ -457,18 +483,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     {
                     }
                 }
+
                 var applied = Volatile.Read(ref _applied);
-                if (!signalled && applied > Volatile.Read(ref _durable))
+                if (!signalled && applied > Volatile.Read(ref _durable) && flushing is null or { IsCompleted: true })
                 {
-                    // Periodic durability: lets the sender clear what it holds for us even without flushes.
-                    await volume.FlushImageAsync().ConfigureAwait(false);
-                    InterlockedMax(ref _durable, applied);
+                    // Periodic durability, off this loop (an fdatasync may take long): lets the sender clear what
+                    // it holds for us even without flushes.
+                    flushing = FlushThenMarkDurableAsync(applied);
                 }
 
                 var received = Volatile.Read(ref _received);
                 applied = Volatile.Read(ref _applied);
                 var durable = Volatile.Read(ref _durable);
-                var force = Interlocked.Exchange(ref _forceAck, 0) != 0;
+                var force = Interlocked.Exchange(ref _forceAck, 0) != 0
+                    || Environment.TickCount64 - lastSent >= (long)keepalive.TotalMilliseconds; // keepalive while busy
                 if (force || received != sentReceived || applied != sentApplied || durable != sentDurable)
                 {
                     // Values read in this order never claim applied > received or durable > applied.
@@ -479,7 +507,22 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                         DurableSeq = Math.Min(durable, applied),
                     }, token).ConfigureAwait(false);
                     (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
+                    lastSent = Environment.TickCount64;
                 }
+            }
+        }
+
+        private async Task FlushThenMarkDurableAsync(ulong applied)
+        {
+            try
+            {
+                await volume.FlushImageAsync().ConfigureAwait(false);
+                InterlockedMax(ref _durable, applied);
+                _ackSignal.Release();
+            }
+            catch (Exception ex) when (ex is BlockImageException or IOException or ObjectDisposedException)
+            {
+                // The apply path meets the same failure and ends the stream; durable simply does not move.
             }
         }
 
