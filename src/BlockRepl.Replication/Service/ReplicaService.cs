@@ -256,7 +256,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 return (Refuse(RefuseReason.PeerIsNewer, $"volume {volume.Name}: {why}", volume), volume, "");
             case SyncDecision.SplitBrain:
                 volume.SetSplitBrain(true);
-                return (Refuse(RefuseReason.SplitBrain, $"volume {volume.Name}: {why}; no data touched, resolve with `blockrepl resolve --discard-my-data` on the victim", volume), volume, "");
+                return (Refuse(RefuseReason.SplitBrain, $"volume {volume.Name}: {why}; no data touched; to end it, stop the node whose writes are to be discarded and move its image and .meta aside: it rejoins as a fresh secondary (resolve --discard-my-data is not built yet)", volume), volume, "");
             case SyncDecision.Unrelated:
                 return (Refuse(RefuseReason.Unrelated, $"volume {volume.Name}: {why}", volume), volume, "");
         }

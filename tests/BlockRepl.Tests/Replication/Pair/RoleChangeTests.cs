@@ -1,0 +1,88 @@
+using System.Text.RegularExpressions;
+using BlockRepl.Tests.Integration;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace BlockRepl.Tests.Replication.Pair;
+
+/// <summary>Role changes with writes in flight, and the split brain row of the generations table.</summary>
+[Collection(DaemonCollection.Name)]
+public sealed partial class RoleChangeTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Demote_WithSyncWritesInFlightOverASlowLink_EveryAcknowledgedWriteIsOnThePeer()
+    {
+        Tool.Require("qemu-io");
+        FaultProxy? proxy = null;
+        await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
+        {
+            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
+            p.PeerOfA = proxy.Url;
+        });
+        await using var _ = proxy!;
+        await proxy!.SendAsync("delay 20");
+
+        // 400 sequential 64 KiB writes, each with its own pattern; each waits ~40 ms for the peer.
+        List<string> commands = [];
+        for (var i = 0; i < 400; i++)
+        {
+            commands.AddRange(["-c", $"write -P {(i % 250) + 1} {i * 65536} 64k"]);
+        }
+
+        var writes = Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, .. commands], TimeSpan.FromSeconds(120));
+        await Task.Delay(1500);
+        var demote = await ReplicaPair.CliAsync(pair.A, "demote");
+        Assert.True(demote.ExitCode == 0, $"demote: {demote}");
+        var result = await writes;
+
+        var acknowledged = WroteLine().Matches(result.Stdout).Select(m => long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        output.WriteLine($"{acknowledged.Count} writes acknowledged before the demotion ended them; demote: {demote.Stdout.Trim()}");
+        Assert.True(acknowledged.Count is > 0 and < 400, $"the demotion should land mid-run: {acknowledged.Count} writes acknowledged\n{result}");
+
+        var promote = await ReplicaPair.CliAsync(pair.B!, "promote");
+        Assert.True(promote.ExitCode == 0, $"promote after the demotion: {promote}");
+        var reads = acknowledged.SelectMany(offset => new[] { "-c", $"read -P {((offset / 65536) % 250) + 1} {offset} 64k" }).ToArray();
+        var check = await Tool.RunAsync("qemu-io", ["-f", "raw", pair.B!.NbdUri, .. reads], TimeSpan.FromSeconds(120));
+        Assert.True(check.ExitCode == 0 && !check.Stdout.Contains("Pattern verification failed", StringComparison.Ordinal),
+            $"an acknowledged write is missing on the peer after the demotion:\n{check}");
+    }
+
+    [Fact]
+    public async Task BothNodesWriteWhileApart_SplitBrainDetectedOnBothSides_NoBlockTouched()
+    {
+        Tool.Require("qemu-io");
+        await using var pair = await ReplicaPair.StartAsync("sync", "32M");
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x10 0 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        await pair.A.StopAsync(); // clean stop, in sync
+
+        // B takes over and writes; A comes back without a route to B and writes too.
+        Assert.Equal(0, (await ReplicaPair.CliAsync(pair.B!, "promote")).ExitCode);
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.B!.NbdUri, "-c", "write -P 0x20 1M 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        pair.PeerOfA = $"http://127.0.0.1:{ReplicaPair.FreePort()}";
+        await pair.StartNodeAsync('a');
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x30 2M 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await pair.A.StopAsync();
+        var hashA = await TestData.Sha256OfFileAsync(pair.ImageA);
+        var hashB = await TestData.Sha256OfFileAsync(pair.ImageB);
+
+        // Now A reaches B: both changed since their common generation.
+        pair.PeerOfA = null;
+        await pair.StartNodeAsync('a');
+        var a = await ReplicaPair.WaitForAsync(pair.A, v => ReplicaPair.Str(v, "connection") == "splitbrain", "split brain on the node that came back");
+        var b = await ReplicaPair.WaitForAsync(pair.B, v => ReplicaPair.Str(v, "connection") == "splitbrain", "split brain on the node that took over");
+        output.WriteLine($"A: {a.GetProperty("lastError")}\nB: {b.GetProperty("lastError")}");
+        Assert.Contains("split brain", a.GetProperty("lastError").GetString() ?? "", StringComparison.Ordinal);
+        Assert.Equal("primary", ReplicaPair.Str(a, "role"));
+        Assert.Equal("primary", ReplicaPair.Str(b, "role"));
+
+        await pair.A.StopAsync();
+        await pair.B.StopAsync();
+        Assert.Equal(hashA, await TestData.Sha256OfFileAsync(pair.ImageA));
+        Assert.Equal(hashB, await TestData.Sha256OfFileAsync(pair.ImageB));
+        Assert.NotEqual(hashA, hashB);
+    }
+
+    [GeneratedRegex(@"wrote 65536/65536 bytes at offset (\d+)")]
+    private static partial Regex WroteLine();
+}
