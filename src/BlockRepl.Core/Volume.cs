@@ -116,6 +116,9 @@ public sealed partial class Volume : IDisposable
 
     public string? LastError => _lastError;
 
+    /// <summary>Set by <see cref="Dispose"/> when the clean stop could not be recorded (e.g. a full filesystem).</summary>
+    public string? ShutdownWarning { get; private set; }
+
     public long LastErrorUnixMs => Interlocked.Read(ref _lastErrorUnixMs);
 
     /// <summary>Records the latest error of this volume for status (one line).</summary>
@@ -255,18 +258,22 @@ public sealed partial class Volume : IDisposable
         {
             EnsureWritable();
             BeforeChangeLocked();
+
+            // The record goes to the shipper first, so sending overlaps the local pwrite; both happen under the
+            // ordering lock, so the seq order is the local write order.
+            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
             try
             {
                 _image.Write(offset, data);
             }
             catch (BlockImageException)
             {
+                // The client gets the error; the peer may get the data. The range is marked dirty, so the resync
+                // sends this image's content there again and the two converge.
+                _link?.MarkDirty(offset, data.Length);
                 Counters.Error();
-                throw; // nothing replicated: the peer must not get a write the local image refused
+                throw;
             }
-
-            // Still under the ordering lock, so the seq order is the local write order.
-            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
         }
 
         Counters.Write(data.Length);
@@ -298,8 +305,16 @@ public sealed partial class Volume : IDisposable
         {
             EnsureWritable();
             BeforeChangeLocked();
-            RunCounted(() => _image.Trim(offset, length));
             peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
+            try
+            {
+                RunCounted(() => _image.Trim(offset, length));
+            }
+            catch (BlockImageException)
+            {
+                _link?.MarkDirty(offset, length);
+                throw;
+            }
         }
 
         Counters.Trim();
@@ -422,7 +437,16 @@ public sealed partial class Volume : IDisposable
                     _metadata.NeedsFullSync = true;
                 }
 
-                _metadata.Save(_metadataPath);
+                try
+                {
+                    _metadata.Save(_metadataPath);
+                }
+                catch (IOException ex)
+                {
+                    // The file on disk still says "not a clean stop": the next start assumes the worst (a full
+                    // resync), which is safe. The data itself was flushed above.
+                    ShutdownWarning = $"volume {Name}: could not record the clean stop in {_metadataPath} ({ex.Message}); the next start treats it as a crash";
+                }
             }
         }
         finally
@@ -455,9 +479,23 @@ public sealed partial class Volume : IDisposable
         lock (_metaGate)
         {
             var old = _metadata.CurrentGeneration;
+            var oldBitmap = _metadata.BitmapGeneration;
             _metadata.StartGeneration(VolumeMetadata.NewGeneration());
             _metadata.BitmapGeneration = _bumpKeepsBitmap ? old : 0;
-            _metadata.Save(_metadataPath);
+            try
+            {
+                _metadata.Save(_metadataPath);
+            }
+            catch (IOException ex) when (ex is not BlockImageException)
+            {
+                // The new generation must be on disk before the first write it covers: refuse the write.
+                _metadata.CurrentGeneration = old;
+                _metadata.HistoryGenerations.Remove(old);
+                _metadata.BitmapGeneration = oldBitmap;
+                Counters.Error();
+                throw new BlockImageException($"volume {Name}: cannot record a new generation in {_metadataPath}: {ex.Message}",
+                    ex.HResult == unchecked((int)0x80070070) || ex.Message.Contains("No space", StringComparison.Ordinal) ? Native.LibC.ENOSPC : Native.LibC.EIO, ex);
+            }
         }
 
         _bumpPending = false;

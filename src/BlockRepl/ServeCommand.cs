@@ -193,6 +193,11 @@ internal static class ServeCommand
         replica.Stop();
         await replica.WaitForStreamsAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         volume.Dispose();       // fdatasync; records whether the stop was clean
+        if (volume.ShutdownWarning is { } warning)
+        {
+            DaemonLog.Warning(log, warning);
+        }
+
         DaemonLog.VolumeClosed(log, volume.Name);
         if (admin.UnixPath is not null && File.Exists(admin.UnixPath))
         {

@@ -256,6 +256,19 @@ internal sealed class PeerLink
         }
     }
 
+    /// <summary>
+    /// Marks a range dirty (a local write failed after its record was queued): the resync sends this node's
+    /// content of the range again.
+    /// </summary>
+    public void MarkDirty(long offset, long length)
+    {
+        lock (_gate)
+        {
+            _bitmap.Mark(offset, length);
+            _holesMaySkip = false; // the peer may hold data where this image has a hole now
+        }
+    }
+
     /// <summary>A flush: a barrier in the stream, durable on the peer before the ack in sync mode.</summary>
     public Task? SubmitFlush()
     {
@@ -757,6 +770,7 @@ internal sealed class PeerLink
             }
 
             _queue.Enqueue(new LinkItem { Marker = new LinkMarker(false, _resyncTotal, _resyncFull, generation), EnqueuedAt = Stopwatch.GetTimestamp() });
+            _holesMaySkip = false; // only the first sync of a fresh target may skip holes
             WakeShipperLocked();
             return true;
         }
