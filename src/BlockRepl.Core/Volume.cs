@@ -362,10 +362,19 @@ public sealed partial class Volume : IDisposable
         lock (_order)
         {
             EnsureWritable();
-            RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
+            BeforeChangeLocked(); // the new generation is on disk before the change it covers
+            try
+            {
+                RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
+            }
+            catch (BlockImageException)
+            {
+                _link?.MarkDirty(offset, length); // part of the range may have changed: resync it
+                throw;
+            }
+
             if (done)
             {
-                BeforeChangeLocked();
                 peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
             }
         }

@@ -131,7 +131,15 @@ public sealed partial class Volume
                     took = link.TakeResyncRun(ResyncRunBytes, out var offset, out var length);
                     if (took)
                     {
-                        SendRunLocked(link, offset, length, buffer, extents, link.HolesMaySkip);
+                        try
+                        {
+                            SendRunLocked(link, offset, length, buffer, extents, link.HolesMaySkip);
+                        }
+                        catch (BlockImageException)
+                        {
+                            link.MarkDirty(offset, length); // the run's bits were cleared when it was taken
+                            throw;
+                        }
                     }
                 }
 

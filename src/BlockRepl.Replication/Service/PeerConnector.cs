@@ -334,7 +334,14 @@ internal sealed class PeerConnector : IAsyncDisposable
         DateTime? demotedAt = null;
         while (true)
         {
-            if (_volume.Role != CoreRole.Primary)
+            if (needResync || link.ResyncActive || (link.HasDirty && !link.Ahead))
+            {
+                // Also after a demotion: a resync that is due (or begun) must finish, or the peer stays inconsistent.
+                await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
+                needResync = false;
+                first = false;
+            }
+            else if (_volume.Role != CoreRole.Primary)
             {
                 // Demoted: keep the stream until the peer has every write durable (the demotion waits for that),
                 // then end it. A write the peer never acknowledged then fails instead of completing.
@@ -343,12 +350,6 @@ internal sealed class PeerConnector : IAsyncDisposable
                 {
                     return;
                 }
-            }
-            else if (needResync || link.ResyncActive || (link.HasDirty && !link.Ahead))
-            {
-                await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
-                needResync = false;
-                first = false;
             }
 
             await Task.Delay(50, token).ConfigureAwait(false);

@@ -143,6 +143,13 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         }
         finally
         {
+            if (previous is { } replaced && !replaced.Done.IsCompleted)
+            {
+                // Stay registered until the stream this one replaced has really ended (even when this one gives up
+                // early), so a third stream can never apply beside it.
+                await replaced.Done.WaitAsync(TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            }
+
             if (volume.Connection is ConnectionState.Connected or ConnectionState.SyncTarget)
             {
                 volume.SetReceiverConnection(volume.HasPeer ? ConnectionState.Connecting : ConnectionState.Standalone);
@@ -471,6 +478,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             var keepalive = settings.PeerTimeout / 4;
             var wait = keepalive < settings.DurableInterval ? keepalive : settings.DurableInterval;
             var lastSent = Environment.TickCount64;
+            var lastFlushAt = Environment.TickCount64;
             Task? flushing = null;
             while (true)
             {
@@ -485,10 +493,12 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 }
 
                 var applied = Volatile.Read(ref _applied);
-                if (!signalled && applied > Volatile.Read(ref _durable) && flushing is null or { IsCompleted: true })
+                if (applied > Volatile.Read(ref _durable) && flushing is null or { IsCompleted: true }
+                    && Environment.TickCount64 - lastFlushAt >= (long)settings.DurableInterval.TotalMilliseconds)
                 {
                     // Periodic durability, off this loop (an fdatasync may take long): lets the sender clear what
-                    // it holds for us even without flushes.
+                    // it holds for us even without flushes. Timed from the last one, so pings cannot starve it.
+                    lastFlushAt = Environment.TickCount64;
                     flushing = FlushThenMarkDurableAsync(applied);
                 }
 
