@@ -83,6 +83,40 @@ public sealed partial class RoleChangeTests(ITestOutputHelper output)
         Assert.NotEqual(hashA, hashB);
     }
 
+    [Fact]
+    public async Task Demote_AsyncPairGoneAhead_ResyncFinishes_PeerPromotableWithoutForce_ImagesIdentical()
+    {
+        Tool.Require("nbdcopy");
+        FaultProxy? proxy = null;
+        await using var pair = await ReplicaPair.StartAsync("async", "64M", ["--send-queue", "2M"], beforeStart: async p =>
+        {
+            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
+            p.PeerOfA = proxy.Url;
+        });
+        await using var _ = proxy!;
+        await proxy!.SendAsync("delay 200");
+        var source = pair.DirA.PathOf("source.raw");
+        await TestData.WriteRandomFileAsync(source, 24L * TestData.MiB, seed: 21);
+        (await Tool.RunAsync("nbdcopy", [source, pair.A!.NbdUri], Tool.DefaultTimeout)).EnsureSuccess();
+        var ahead = await ReplicaPair.VolumeAsync(pair.A);
+        Assert.True(ahead.GetProperty("replication").GetProperty("aheadCount").GetInt64() >= 1, $"the queue bound was never hit: {ahead}");
+
+        // Demote right away: what went ahead must still reach the peer (resync), within the demotion's wait.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var demote = await ReplicaPair.CliAsync(pair.A, "demote");
+        output.WriteLine($"demote took {clock.Elapsed.TotalSeconds:F1} s: {demote.Stdout.Trim()}");
+        Assert.True(demote.ExitCode == 0 && !demote.Stdout.Contains("full resync", StringComparison.Ordinal),
+            $"the demotion did not drain: {demote}\n{pair.A.Stderr}");
+
+        await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.Str(v, "disk") == "uptodate" && ReplicaPair.Str(v, "connection") == "connecting",
+            "the peer up to date and the stream closed after the demotion");
+        var promote = await ReplicaPair.CliAsync(pair.B!, "promote");
+        Assert.True(promote.ExitCode == 0, $"promote without --force after a drained demotion: {promote}");
+        await ReplicaPair.WaitInSyncAsync(pair.B!);
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"images differ after demote/promote of an async pair that had gone ahead: {hashA} vs {hashB}");
+    }
+
     [GeneratedRegex(@"wrote 65536/65536 bytes at offset (\d+)")]
     private static partial Regex WroteLine();
 }
