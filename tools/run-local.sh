@@ -79,7 +79,12 @@ stop_all() {
         fi
         wait "${PID[$n]}" 2>/dev/null || true
     done
-    if [[ -n "$TAIL" ]]; then kill "$TAIL" 2>/dev/null || true; wait "$TAIL" 2>/dev/null || true; fi
+    if [[ -n "$TAIL" ]]; then
+        sleep 0.3   # let the last log lines through
+        # shellcheck disable=SC2086
+        kill $TAIL 2>/dev/null || true
+        TAIL=""
+    fi
 }
 on_signal() {
     ((STOPPING)) && return
@@ -114,11 +119,11 @@ wait_ready b >/dev/null
 start_node a primary "$NBD_PORT_A" "$REPL_PORT_A" "$REPL_PORT_B"
 wait_ready a >/dev/null
 
-# Both logs, each line prefixed with its node.
-( tail -n +1 -s 0.2 -F "${LOG[a]}" 2>/dev/null | sed -u 's/^/[a] /' &
-  tail -n +1 -s 0.2 -F "${LOG[b]}" 2>/dev/null | sed -u 's/^/[b] /' &
-  wait ) &
-TAIL=$!
+# Both logs, each line prefixed with its node. tail --pid ends with this script; the sed PIDs are what we stop.
+tail -n +1 -s 0.2 -F --pid=$$ "${LOG[a]}" 2>/dev/null | sed -u 's/^/[a] /' &
+TAIL="$!"
+tail -n +1 -s 0.2 -F --pid=$$ "${LOG[b]}" 2>/dev/null | sed -u 's/^/[b] /' &
+TAIL="$TAIL $!"
 
 # Wait until the primary reports the pair connected (first start: a full sync that skips holes).
 for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
