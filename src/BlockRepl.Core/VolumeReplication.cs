@@ -439,7 +439,8 @@ public sealed partial class Volume
         }
 
         var link = _link;
-        var shipped = link?.Snapshot().LastSeq - link?.Snapshot().DurableSeq ?? 0;
+        var atStart = link?.Snapshot();
+        var shipped = atStart is { } r ? r.LastSeq - r.DurableSeq : 0;
         var deadline = DateTime.UtcNow + timeout;
         while (link is not null && link.Streaming && !link.IsDrained && DateTime.UtcNow < deadline)
         {

@@ -102,7 +102,7 @@ internal sealed class PeerLink
     private ulong _durable;
     private ulong _lastSent;
     private long _queuedBytes;
-    private bool _streaming;
+    private volatile bool _streaming;
     private bool _accepted;
     private bool _ahead;
     private ulong _releaseBlockedAt;
@@ -185,13 +185,10 @@ internal sealed class PeerLink
     /// True when a front-end request must wait before it may enter the volume: the peer is away under the
     /// block policy, or (sync mode) the queue is over its bound. The caller then awaits <see cref="WaitToEnterAsync"/>.
     /// </summary>
-    public bool MustWait(long bytes)
-    {
-        lock (_gate)
-        {
-            return MustWaitLocked(bytes);
-        }
-    }
+    public bool MustWait(long bytes) =>
+        // No lock on the write path: a stale answer is harmless. A write that enters while the peer just went away
+        // under the block policy is held by Submit anyway, and the sync bound is a soft one.
+        MustWaitLocked(bytes);
 
     public Task WaitToEnterAsync(long bytes, CancellationToken cancellationToken)
     {
@@ -208,9 +205,12 @@ internal sealed class PeerLink
         }
     }
 
-    private bool MustWaitLocked(long bytes) =>
-        (!_streaming && OnPeerLoss == PeerLossPolicy.Block)
-        || (_streaming && Mode == ReplicationMode.Sync && _queuedBytes > 0 && _queuedBytes + bytes > MaxQueueBytes);
+    private bool MustWaitLocked(long bytes)
+    {
+        var queued = Volatile.Read(ref _queuedBytes);
+        return (!_streaming && OnPeerLoss == PeerLossPolicy.Block)
+            || (_streaming && Mode == ReplicationMode.Sync && queued > 0 && queued + bytes > MaxQueueBytes);
+    }
 
     /// <summary>
     /// Hands a write (or trim, zero range) to the link. Called under the volume's ordering lock. Returns the
@@ -226,7 +226,7 @@ internal sealed class PeerLink
                 return BlockedWaiterLocked();
             }
 
-            if (Mode == ReplicationMode.Async && _queuedBytes + Math.Max(payload.Length, MinRecordCost) > MaxQueueBytes)
+            if (Mode == ReplicationMode.Async && _queuedBytes + Cost(payload.Length) > MaxQueueBytes)
             {
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
@@ -316,7 +316,7 @@ internal sealed class PeerLink
         }
 
         _queue.Enqueue(item);
-        _queuedBytes += Math.Max(payload.Length, MinRecordCost);
+        _queuedBytes += Cost(payload.Length);
         WakeShipperLocked();
 
         if (!waiter || Mode != ReplicationMode.Sync)
@@ -428,7 +428,7 @@ internal sealed class PeerLink
                 return;
             }
 
-            _drainedAtClose = _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive;
+            _drainedAtClose = NothingOutstandingLocked();
 
             if (_accepted)
             {
@@ -577,7 +577,7 @@ internal sealed class PeerLink
             }
 
             _queue.Dequeue();
-            _queuedBytes -= Math.Max((int)header.PayloadLength, MinRecordCost);
+            _queuedBytes -= Cost((int)header.PayloadLength);
             payloadBytes += header.PayloadLength;
             records++;
             _lastSent = header.Seq;
@@ -799,8 +799,7 @@ internal sealed class PeerLink
         {
             lock (_gate)
             {
-                return _streaming && _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty
-                    && _durable == _nextSeq - 1 && !_resyncActive;
+                return _streaming && NothingOutstandingLocked();
             }
         }
     }
@@ -815,12 +814,13 @@ internal sealed class PeerLink
         {
             lock (_gate)
             {
-                return _streaming
-                    ? _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive
-                    : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
+                return _streaming ? NothingOutstandingLocked() : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
             }
         }
     }
+
+    private bool NothingOutstandingLocked() =>
+        _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive;
 
     public bool HasDirty
     {
@@ -909,6 +909,8 @@ internal sealed class PeerLink
 
         waiters.Clear();
     }
+
+    private static int Cost(int payloadLength) => Math.Max(payloadLength, MinRecordCost);
 
     private static void ReturnPayload(LinkItem item)
     {

@@ -1,4 +1,3 @@
-using System.Net;
 using BlockRepl.Core;
 using BlockRepl.Replication.Grpc;
 using BlockRepl.Replication.V1;
@@ -198,7 +197,4 @@ internal sealed class AdminService(
 
         return status;
     }
-
-    internal static IPEndPoint? LocalEndPoint(ServerCallContext context) =>
-        context.GetHttpContext().Features.Get<IHttpConnectionFeature>() is { } f && f.LocalIpAddress is { } ip ? new IPEndPoint(ip, f.LocalPort) : null;
 }

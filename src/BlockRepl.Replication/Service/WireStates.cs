@@ -41,34 +41,12 @@ internal static class WireStates
         _ => WireMode.Unspecified,
     };
 
-    public static string Word(WireRole role) => role switch
-    {
-        WireRole.Primary => "primary",
-        WireRole.Secondary => "secondary",
-        _ => "unknown",
-    };
+    // The words themselves live once, in Core's StateNames; these invert ToWire above (a CLI path, not a hot one).
+    public static string Word(WireRole role) => Word<VolumeRole, WireRole>(role, ToWire, StateNames.Name);
 
-    public static string Word(WireDisk disk) => disk switch
-    {
-        WireDisk.Uptodate => "uptodate",
-        WireDisk.Outdated => "outdated",
-        WireDisk.Inconsistent => "inconsistent",
-        WireDisk.Diskless => "diskless",
-        _ => "unknown",
-    };
+    public static string Word(WireDisk disk) => Word<DiskState, WireDisk>(disk, ToWire, StateNames.Name);
 
-    public static string Word(WireConnection state) => state switch
-    {
-        WireConnection.Standalone => "standalone",
-        WireConnection.Connecting => "connecting",
-        WireConnection.Connected => "connected",
-        WireConnection.Syncsource => "syncsource",
-        WireConnection.Synctarget => "synctarget",
-        WireConnection.Ahead => "ahead",
-        WireConnection.Behind => "behind",
-        WireConnection.Splitbrain => "splitbrain",
-        _ => "unknown",
-    };
+    public static string Word(WireConnection state) => Word<ConnectionState, WireConnection>(state, ToWire, StateNames.Name);
 
     public static string Word(WireMode mode) => mode switch
     {
@@ -76,4 +54,19 @@ internal static class WireStates
         WireMode.Async => "async",
         _ => "none",
     };
+
+    private static string Word<TCore, TWire>(TWire wire, Func<TCore, TWire> toWire, Func<TCore, string> name)
+        where TCore : struct, Enum
+        where TWire : struct, Enum
+    {
+        foreach (var value in Enum.GetValues<TCore>())
+        {
+            if (EqualityComparer<TWire>.Default.Equals(toWire(value), wire))
+            {
+                return name(value);
+            }
+        }
+
+        return "unknown";
+    }
 }

@@ -131,14 +131,6 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
     }
 
     /// <summary>`blockrepl status --admin ADDR --json`, parsed.</summary>
-    /// <summary>The `listen=` field of the ready line (replication address), or null.</summary>
-    public string? ReadyField(string name)
-    {
-        var line = _child.StdoutLines.FirstOrDefault(l => l.StartsWith("blockrepl: ready", StringComparison.Ordinal)) ?? "";
-        var m = Regex.Match(line, $@" {Regex.Escape(name)}=(\S+)");
-        return m.Success ? m.Groups[1].Value : null;
-    }
-
     public async Task<JsonElement> StatusJsonAsync()
     {
         var result = (await Tool.RunAsync(RepoLayout.DaemonBinary, ["status", "--admin", AdminAddress, "--json"], Tool.DefaultTimeout))
