@@ -19,10 +19,11 @@ var mode = new Option<string?>("--mode") { Description = "sync|async: ack after 
 var onPeerLoss = new Option<string?>("--on-peer-loss") { Description = "continue|block: go on tracking dirty ranges, or hold writes, while the peer is away (default continue)" };
 var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer silent this long is dead, e.g. 2s (default 2s)" };
 var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
+var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
 
 var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue,
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -42,6 +43,7 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         OnPeerLoss = result.GetValue(onPeerLoss) ?? fromFile.OnPeerLoss,
         PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
+        ActivityLog = result.GetValue(activityLog) ?? fromFile.ActivityLog,
     };
     return await ServeCommand.RunAsync(options, ct).ConfigureAwait(false);
 }));
@@ -78,6 +80,9 @@ root.Subcommands.Add(serve);
 root.Subcommands.Add(status);
 root.Subcommands.Add(promote);
 root.Subcommands.Add(demote);
+var discard = new Option<bool>("--discard-my-data") { Description = "this node gives up its changes: it becomes secondary and is resynced from its peer" };
+root.Subcommands.Add(AdminVerb("resolve", "end a split brain on the chosen victim (resolve --discard-my-data)",
+    (a, v, r, ct) => AdminCommands.ResolveAsync(a, v, r.GetValue(discard), ct), discard));
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
 
 internal static class Cli

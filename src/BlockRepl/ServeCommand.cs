@@ -147,6 +147,7 @@ internal static class ServeCommand
         app.MapGrpcUnary<StatusRequest, StatusReply>(AdminService.StatusPath, adminService.StatusAsync);
         app.MapGrpcUnary<PromoteRequest, PromoteReply>(AdminService.PromotePath, adminService.PromoteAsync);
         app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
+        app.MapGrpcUnary<ResolveRequest, ResolveReply>(AdminService.ResolvePath, adminService.ResolveAsync);
 
         try
         {

@@ -177,7 +177,7 @@ internal sealed class PeerConnector : IAsyncDisposable
 
         var full = reply.Plan == SyncPlan.FullResync;
         var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
-            peerInconsistent: reply.Disk == V1.DiskState.Inconsistent);
+            peerInconsistent: reply.Disk == V1.DiskState.Inconsistent, peerDirtyRuns: reply.DirtyRuns, reason: $"{reply.Plan}: {reply.Message}");
         var decision = $"{reply.Plan}: {reply.Message}";
         ReplicationLog.Connected(_log, _volume.Name, Peer, decision);
 
