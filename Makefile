@@ -6,6 +6,7 @@
 #   make bench        deps + build, then the NBD end-to-end benchmark vs qemu-nbd and nbdkit
 #   make bench-repl   deps + build, then the replication benchmark vs qemu-storage-daemon mirrors
 #   make bench-al     deps + build, then pairs with the activity log on vs off (bench/results/al-bench-latest.md)
+#   make bench-resync deps + build, then resync speed and the latency of application writes during a resync
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs
 
@@ -27,7 +28,7 @@ TEST_ARGS     ?=
 MICRO_FILTER  ?= *
 MICRO_ARGS    ?=
 
-.PHONY: deps build test run bench bench-repl bench-al bench-micro clean
+.PHONY: deps build test run bench bench-repl bench-al bench-resync bench-micro clean
 
 deps:
 	bash tools/install-deps.sh
@@ -51,6 +52,9 @@ bench-repl: deps build
 bench-al: deps build
 	CONFIGS="async-pair async-pair-nolog sync-pair sync-pair-nolog async-pair-log64" SEQ=0 WIRE=0 REPEATS=$${REPEATS:-5} \
 		OUT_NAME=al-bench-latest bash bench/repl-bench.sh
+
+bench-resync: deps build
+	bash bench/resync-bench.sh
 
 bench-micro: deps
 	$(DOTNET) run -c $(CONFIGURATION) --project $(MICRO_PROJECT) -- --filter '$(MICRO_FILTER)' $(MICRO_ARGS)

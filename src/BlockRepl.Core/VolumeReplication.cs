@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using BlockRepl.Core.Journal;
 using BlockRepl.Core.Replication;
 
@@ -13,14 +14,15 @@ public sealed record RoleChangeResult(bool Done, string Reason, ulong MissingRec
 /// <summary>The replication side of <see cref="Volume"/>: the link for sending, the apply path for receiving, roles.</summary>
 public sealed partial class Volume
 {
-    private const int ResyncRunBytes = 256 * 1024;
+    private ResyncSettings _resync = ResyncSettings.Default;
     private ulong _senderLastSeq;
     private ulong _senderUnsentBytes;
     private ulong _appliedSeq;
 
     /// <summary>Configures a peer: writes are replicated by <paramref name="mode"/> from now on.</summary>
-    public void AttachPeer(ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
+    public void AttachPeer(ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes, ResyncSettings? resync = null)
     {
+        _resync = resync ?? ResyncSettings.Default;
         var link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
         var al = _activityLogExtents > 0 ? new ActivityLog(Size, _activityLogExtents, _metaFile, _loggedAtOpen) : null;
         link.AttachStore(_metaFile, al);
@@ -189,18 +191,37 @@ public sealed partial class Volume
         var snapshot = link.Snapshot();
         full = snapshot.ResyncFull;
         log($"{(full ? "full sync" : "bitmap resync")} of {snapshot.ResyncTotalBytes} bytes started{(link.HolesMaySkip ? " (target fresh: holes skipped)" : "")}");
-        var buffer = ArrayPool<byte>.Shared.Rent(ResyncRunBytes);
+        var settings = _resync;
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(settings.IdleRunBytes, settings.BusyRunBytes));
         var extents = new ImageExtent[64];
+        var nextRunAt = Stopwatch.GetTimestamp();
         try
         {
             while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                await link.WaitForResyncSpaceAsync(cancellationToken).ConfigureAwait(false);
+
+                // The rate controller: yield to the application while it writes (small runs, little in front of
+                // its writes, paced at the floor rate), go full speed when it is idle (capped at the max rate).
+                var busy = link.ApplicationBusy(settings.BusyWindow);
+                var runBytes = busy ? settings.BusyRunBytes : settings.IdleRunBytes;
+                await link.WaitForResyncSpaceAsync(busy ? settings.BusyFillBytes : settings.IdleFillBytes, cancellationToken).ConfigureAwait(false);
+                var rate = busy ? settings.MinBytesPerSecond : settings.MaxBytesPerSecond;
+                if (rate > 0)
+                {
+                    var wait = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), nextRunAt);
+                    if (wait > TimeSpan.Zero)
+                    {
+                        await Task.Delay(wait, cancellationToken).ConfigureAwait(false);
+                    }
+
+                    nextRunAt = Math.Max(nextRunAt, Stopwatch.GetTimestamp()) + (long)((double)runBytes / rate * Stopwatch.Frequency);
+                }
+
                 bool took;
                 lock (_order)
                 {
-                    took = link.TakeResyncRun(ResyncRunBytes, out var offset, out var length);
+                    took = link.TakeResyncRun(runBytes, out var offset, out var length);
                     if (took)
                     {
                         try

@@ -22,6 +22,92 @@ internal static class AdminCommands
         return 0;
     }
 
+    /// <summary>
+    /// `status --watch`: the status every second until Ctrl-C. On a terminal the screen is redrawn, with a progress
+    /// bar (bytes, rate over the last seconds, ETA) for each running resync; otherwise one line per volume per second.
+    /// </summary>
+    public static async Task<int> WatchAsync(AdminAddress admin, string? volume, TimeSpan interval, CancellationToken cancellationToken)
+    {
+        var terminal = !Console.IsOutputRedirected;
+        var samples = new Dictionary<string, Queue<(DateTime At, long Done)>>(StringComparer.Ordinal);
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            StatusReport report;
+            try
+            {
+                var reply = await CallAsync<StatusRequest, StatusReply>(admin, AdminService.StatusPath, new StatusRequest { Volume = volume ?? "" }, CallTimeout, cancellationToken)
+                    .ConfigureAwait(false);
+                report = StatusReport.From(reply);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                break;
+            }
+
+            var now = DateTime.UtcNow;
+            var bars = new StringBuilder();
+            foreach (var v in report.Volumes)
+            {
+                bars.AppendLine(ProgressLine(v, now, samples, terminal ? 40 : 0));
+            }
+
+            if (terminal)
+            {
+                Console.Out.Write("\u001b[H\u001b[2J" + Format(report) + "\n" + bars + "(Ctrl-C to stop)\n");
+            }
+            else
+            {
+                Console.Out.Write(bars.ToString());
+            }
+
+            try
+            {
+                await Task.Delay(interval, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>One line: the volume's state, and for a resync a bar, bytes, the rate over the last 5 s and the ETA.</summary>
+    internal static string ProgressLine(VolumeReport v, DateTime now, Dictionary<string, Queue<(DateTime At, long Done)>> samples, int barWidth)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        var head = string.Create(ci, $"{now:HH:mm:ss} {v.Name} {v.Role} {v.Disk} {v.Connection}");
+        if (v.Resync is not { } r)
+        {
+            samples.Remove(v.Name);
+            return head + (v.DirtyBytes > 0 ? string.Create(ci, $"  dirty {ByteSize.Format(v.DirtyBytes)}") : "");
+        }
+
+        if (!samples.TryGetValue(v.Name, out var window))
+        {
+            samples[v.Name] = window = new Queue<(DateTime, long)>();
+        }
+
+        window.Enqueue((now, r.DoneBytes));
+        while (window.Count > 2 && now - window.Peek().At > TimeSpan.FromSeconds(5))
+        {
+            window.Dequeue();
+        }
+
+        var (firstAt, firstDone) = window.Peek();
+        var seconds = (now - firstAt).TotalSeconds;
+        var rate = seconds > 0.5 ? Math.Max(0, r.DoneBytes - firstDone) / seconds : r.BytesPerSecond;
+        var left = Math.Max(0, r.TotalBytes - r.DoneBytes);
+        var eta = rate > 0 ? TimeSpan.FromSeconds(Math.Ceiling(left / rate)).ToString(@"h\:mm\:ss", ci) : "?";
+        var fraction = r.TotalBytes > 0 ? Math.Clamp((double)r.DoneBytes / r.TotalBytes, 0, 1) : 0;
+        var bar = barWidth > 0
+            ? "[" + new string('#', (int)(fraction * barWidth)) + new string('-', barWidth - (int)(fraction * barWidth)) + "] "
+            : "";
+        return head + string.Create(ci,
+            $"  {(r.Full ? "full sync" : "resync")} {bar}{fraction:P1}  {ByteSize.Format(r.DoneBytes)} of {ByteSize.Format(r.TotalBytes)}  {ByteSize.Format((long)rate)}/s  ETA {eta}");
+    }
+
     public static async Task<int> PromoteAsync(AdminAddress admin, string? volume, bool force, CancellationToken cancellationToken)
     {
         var reply = await CallAsync<PromoteRequest, PromoteReply>(admin, AdminService.PromotePath, new PromoteRequest { Volume = volume ?? "", Force = force }, CallTimeout, cancellationToken)

@@ -19,11 +19,13 @@ var mode = new Option<string?>("--mode") { Description = "sync|async: ack after 
 var onPeerLoss = new Option<string?>("--on-peer-loss") { Description = "continue|block: go on tracking dirty ranges, or hold writes, while the peer is away (default continue)" };
 var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer silent this long is dead, e.g. 2s (default 2s)" };
 var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
+var resyncRate = new Option<string?>("--resync-rate") { Description = "cap on the resync rate, bytes/s, e.g. 200M (default 0: none)" };
+var resyncMinRate = new Option<string?>("--resync-min-rate") { Description = "resync rate kept while the application writes, bytes/s (default 64M; 0: no pacing)" };
 var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
 
 var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog,
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -44,6 +46,8 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
         ActivityLog = result.GetValue(activityLog) ?? fromFile.ActivityLog,
+        ResyncRate = result.GetValue(resyncRate) ?? fromFile.ResyncRate,
+        ResyncMinRate = result.GetValue(resyncMinRate) ?? fromFile.ResyncMinRate,
     };
     return await ServeCommand.RunAsync(options, ct).ConfigureAwait(false);
 }));
@@ -69,8 +73,11 @@ Command AdminVerb(string name, string description, Func<AdminAddress, string?, P
 
 var json = new Option<bool>("--json") { Description = "print the status as JSON" };
 var force = new Option<bool>("--force") { Description = "promote even when the peer is a connected primary or the local disk is not uptodate" };
+var watch = new Option<bool>("--watch") { Description = "refresh every second until Ctrl-C, with a progress bar (bytes, rate, ETA) for a running resync" };
 var status = AdminVerb("status", "show the volumes of a running daemon",
-    (a, v, r, ct) => AdminCommands.StatusAsync(a, v, r.GetValue(json), ct), json);
+    (a, v, r, ct) => r.GetValue(watch)
+        ? AdminCommands.WatchAsync(a, v, TimeSpan.FromSeconds(1), ct)
+        : AdminCommands.StatusAsync(a, v, r.GetValue(json), ct), json, watch);
 var promote = AdminVerb("promote", "make this node's volume primary (failover or planned switchover)",
     (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);
 var demote = AdminVerb("demote", "make this node's volume secondary: ship what is queued, close clients",

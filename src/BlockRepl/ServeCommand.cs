@@ -114,7 +114,7 @@ internal static class ServeCommand
         using var volumeScope = volume;
         if (replication.Peer is not null || replication.Listen is not null)
         {
-            volume.AttachPeer(replication.Mode, replication.OnPeerLoss, replication.SendQueueBytes);
+            volume.AttachPeer(replication.Mode, replication.OnPeerLoss, replication.SendQueueBytes, replication.Resync);
         }
 
         DaemonLog.VolumeOpened(log, volume.Name, volume.Size, volume.ImagePath, volume.Role.Name(), volume.Disk.Name());

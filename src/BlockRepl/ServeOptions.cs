@@ -44,6 +44,12 @@ internal sealed record ServeOptions
     /// <summary>Activity-log capacity in 4 MiB extents, or "off". Default 1024.</summary>
     public string ActivityLog { get; init; } = "1024";
 
+    /// <summary>Resync rate cap in bytes per second, or 0 for none (the default).</summary>
+    public string ResyncRate { get; init; } = "0";
+
+    /// <summary>Rate the resync keeps while the application writes (default 64M per second; 0: no pacing).</summary>
+    public string ResyncMinRate { get; init; } = "64M";
+
     public static ServeOptions Load(string? configPath)
     {
         if (configPath is null)
@@ -121,7 +127,30 @@ internal sealed record ServeOptions
             throw new UserError($"--send-queue {SendQueue} is too small: at least 2M");
         }
 
-        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue);
+        var resync = new Core.Replication.ResyncSettings
+        {
+            MaxBytesPerSecond = ParseRate(ResyncRate, "--resync-rate"),
+            MinBytesPerSecond = ParseRate(ResyncMinRate, "--resync-min-rate"),
+        };
+        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue, resync);
+    }
+
+    /// <summary>A rate such as 100M (bytes per second), or 0 for none.</summary>
+    private static long ParseRate(string text, string flag)
+    {
+        if (text == "0")
+        {
+            return 0;
+        }
+
+        try
+        {
+            return ByteSize.Parse(text);
+        }
+        catch (FormatException ex)
+        {
+            throw new UserError($"{flag}: {ex.Message} (bytes per second, e.g. 100M, or 0 for none)");
+        }
     }
 
     private static TimeSpan ParseDuration(string text, string flag)
@@ -187,7 +216,8 @@ internal sealed record ReplicationOptions(
     Core.Replication.ReplicationMode Mode,
     Core.Replication.PeerLossPolicy OnPeerLoss,
     TimeSpan PeerTimeout,
-    long SendQueueBytes);
+    long SendQueueBytes,
+    Core.Replication.ResyncSettings Resync);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip,
     AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow)]

@@ -101,6 +101,8 @@ internal sealed class PeerLink
     private readonly Queue<(ulong Seq, TaskCompletionSource Done)> _durableWaiters = new();
     private readonly List<TaskCompletionSource> _blocked = [];
     private readonly List<TaskCompletionSource> _spaceWaiters = [];
+    private readonly List<(long Fill, TaskCompletionSource Done)> _resyncSpaceWaiters = [];
+    private long _lastAppRecordAt;
     private readonly List<TaskCompletionSource> _streamWaiters = [];
     private readonly DirtyBitmap _bitmap;
     private TaskCompletionSource? _shipperWake;
@@ -110,6 +112,8 @@ internal sealed class PeerLink
     private ulong _durable;
     private ulong _lastSent;
     private long _queuedBytes;
+    private long _inflightBytes; // sent, not yet acknowledged as received (async congestion counts it)
+    private readonly Queue<(ulong Seq, long Cost)> _unreceived = new();
     private volatile bool _streaming;
     private bool _accepted;
     private bool _ahead;
@@ -386,6 +390,7 @@ internal sealed class PeerLink
     /// </summary>
     public Task? Submit(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua)
     {
+        Volatile.Write(ref _lastAppRecordAt, Stopwatch.GetTimestamp());
         lock (_gate)
         {
             if (!_streaming || _ahead)
@@ -394,7 +399,7 @@ internal sealed class PeerLink
                 return BlockedWaiterLocked();
             }
 
-            if (Mode == ReplicationMode.Async && _queuedBytes + Cost(payload.Length) > MaxQueueBytes)
+            if (Mode == ReplicationMode.Async && _queuedBytes + _inflightBytes + Cost(payload.Length) > MaxQueueBytes)
             {
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
@@ -619,6 +624,8 @@ internal sealed class PeerLink
             }
 
             _queuedBytes = 0;
+            _inflightBytes = 0;
+            _unreceived.Clear();
             while (_unacked.TryDequeue(out var sent))
             {
                 _bitmap.Mark(sent.Offset, sent.Length);
@@ -646,6 +653,7 @@ internal sealed class PeerLink
 
             _resyncActive = false;
             ReleaseAllLocked(_spaceWaiters);
+            ReleaseSpaceLocked(); // the stream is gone: resync waiters go on and find it closed
             WakeShipperLocked();
         }
 
@@ -753,24 +761,36 @@ internal sealed class PeerLink
             records++;
             _lastSent = header.Seq;
             _unacked.Enqueue((header.Seq, (long)header.Offset, header.Kind == JournalRecordKind.Flush ? 0 : (long)header.Length, item.EnqueuedAt, header.PayloadLength));
+            var cost = Cost((int)header.PayloadLength);
+            _unreceived.Enqueue((header.Seq, cost));
+            _inflightBytes += cost;
             ReturnPayload(item);
         }
 
         ReleaseSpaceLocked();
-        if (_ahead && _queue.Count == 0)
+        MaybeLeaveAheadLocked();
+        return new LinkTake(records, payloadBytes, null, Idle: false, _nextSeq - 1, _queuedBytes);
+    }
+
+    /// <summary>
+    /// Leaves ahead once the link has drained: nothing queued and at most a quarter of the bound still in flight
+    /// (the peer is keeping up again). Until now the peer got a write-ordered prefix; from here the dropped ranges
+    /// come back as resync records between a Begin and an End marker (the peer is inconsistent meanwhile), and the
+    /// Begin goes first, before any new write.
+    /// </summary>
+    private void MaybeLeaveAheadLocked()
+    {
+        if (!_ahead || _queue.Count != 0 || _inflightBytes > MaxQueueBytes / 4)
         {
-            // Drained: leave ahead. Until now the peer got a write-ordered prefix; from here the dropped ranges
-            // come back as resync records between a Begin and an End marker (the peer is inconsistent meanwhile),
-            // and the Begin goes first, before any new write.
-            _ahead = false;
-            if (!_resyncActive && !_bitmap.IsEmpty)
-            {
-                _resyncReason = "async link drained after running ahead: the dropped writes";
-                BeginResyncLocked(full: false);
-            }
+            return;
         }
 
-        return new LinkTake(records, payloadBytes, null, Idle: false, _nextSeq - 1, _queuedBytes);
+        _ahead = false;
+        if (!_resyncActive && !_bitmap.IsEmpty)
+        {
+            _resyncReason = "async link drained after running ahead: the dropped writes";
+            BeginResyncLocked(full: false);
+        }
     }
 
     /// <summary>The shipper sent a batch: counts for status.</summary>
@@ -798,6 +818,14 @@ internal sealed class PeerLink
             }
 
             _received = Math.Max(_received, received);
+            ReleaseSpaceLocked();
+            while (_unreceived.TryPeek(out var r) && r.Seq <= _received)
+            {
+                _unreceived.Dequeue();
+                _inflightBytes -= r.Cost;
+            }
+
+            MaybeLeaveAheadLocked();
             _applied = Math.Max(_applied, applied);
             _durable = Math.Max(_durable, durable);
             while (_unacked.TryPeek(out var sent) && sent.Seq <= _durable)
@@ -953,20 +981,31 @@ internal sealed class PeerLink
         }
     }
 
-    /// <summary>Waits until the queue has room for the resync (half the bound) or the stream ends.</summary>
-    public Task WaitForResyncSpaceAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Waits until at most <paramref name="fill"/> bytes (and at most half the bound) are queued or in flight to the
+    /// peer, or the stream ends: the resync's fill target (how much of its data may stand in front of a new write).
+    /// </summary>
+    public Task WaitForResyncSpaceAsync(long fill, CancellationToken cancellationToken)
     {
+        fill = Math.Min(fill, MaxQueueBytes / 2);
         lock (_gate)
         {
-            if (!_streaming || _queuedBytes <= MaxQueueBytes / 2)
+            if (!_streaming || _queuedBytes + _inflightBytes <= fill)
             {
                 return Task.CompletedTask;
             }
 
             var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _spaceWaiters.Add(tcs);
+            _resyncSpaceWaiters.Add((fill, tcs));
             return tcs.Task.WaitAsync(cancellationToken);
         }
+    }
+
+    /// <summary>True when the application handed the link a write within <paramref name="window"/>.</summary>
+    public bool ApplicationBusy(TimeSpan window)
+    {
+        var last = Volatile.Read(ref _lastAppRecordAt);
+        return last != 0 && Stopwatch.GetElapsedTime(last) < window;
     }
 
     /// <summary>True when everything assigned so far is durable on the peer and nothing is dirty.</summary>
@@ -1083,6 +1122,15 @@ internal sealed class PeerLink
         if (_queuedBytes <= MaxQueueBytes / 2)
         {
             ReleaseAllLocked(_spaceWaiters);
+        }
+
+        for (var i = _resyncSpaceWaiters.Count - 1; i >= 0; i--)
+        {
+            if (!_streaming || _queuedBytes + _inflightBytes <= _resyncSpaceWaiters[i].Fill)
+            {
+                _resyncSpaceWaiters[i].Done.TrySetResult();
+                _resyncSpaceWaiters.RemoveAt(i);
+            }
         }
     }
 

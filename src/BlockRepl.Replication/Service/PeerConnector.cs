@@ -252,7 +252,7 @@ internal sealed class PeerConnector : IAsyncDisposable
             ReplicationFrame frame;
             if (take.Idle)
             {
-                frame = new ReplicationFrame { Ping = new Ping { Id = ++pings } };
+                frame = new ReplicationFrame { Ping = new Ping { Id = ++pings, SenderAhead = link.Ahead } };
             }
             else if (take.Marker is { } marker)
             {
@@ -297,6 +297,7 @@ internal sealed class PeerConnector : IAsyncDisposable
                         SenderLastSeq = take.LastSeq,
                         SenderUnsentBytes = (ulong)take.UnsentBytes,
                         Stored = stored,
+                        SenderAhead = link.Ahead,
                     },
                 };
             }

@@ -150,7 +150,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 await replaced.Done.WaitAsync(TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             }
 
-            if (volume.Connection is ConnectionState.Connected or ConnectionState.SyncTarget)
+            if (volume.Connection is ConnectionState.Connected or ConnectionState.SyncTarget or ConnectionState.Behind)
             {
                 volume.SetReceiverConnection(volume.HasPeer ? ConnectionState.Connecting : ConnectionState.Standalone);
             }
@@ -360,12 +360,14 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     switch (frame.BodyCase)
                     {
                         case ReplicationFrame.BodyOneofCase.Batch:
+                            NoteSenderAhead(frame.Batch.SenderAhead);
                             await ApplyBatchAsync(frame.Batch, buffer).ConfigureAwait(false);
                             break;
                         case ReplicationFrame.BodyOneofCase.Marker:
                             await ApplyMarkerAsync(frame.Marker).ConfigureAwait(false);
                             break;
                         case ReplicationFrame.BodyOneofCase.Ping:
+                            NoteSenderAhead(frame.Ping.SenderAhead);
                             Volatile.Write(ref _forceAck, 1);
                             _ackSignal.Release();
                             break;
@@ -388,6 +390,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 }
 
                 ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        /// <summary>connected &lt;-&gt; behind, as the sender reports its link ahead or not (a resync overrides both).</summary>
+        private void NoteSenderAhead(bool ahead)
+        {
+            var state = volume.Connection;
+            if (ahead && state == ConnectionState.Connected)
+            {
+                volume.SetReceiverConnection(ConnectionState.Behind);
+            }
+            else if (!ahead && state == ConnectionState.Behind)
+            {
+                volume.SetReceiverConnection(ConnectionState.Connected);
             }
         }
 

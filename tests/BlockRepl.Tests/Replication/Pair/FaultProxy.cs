@@ -41,10 +41,12 @@ internal sealed class FaultProxy : IAsyncDisposable
         }
     }
 
-    public async Task SendAsync(string command)
+    /// <summary>Sends one control command; returns the proxy's answer line (starting with "ok").</summary>
+    public async Task<string> SendAsync(string command)
     {
         var result = await Tool.RunAsync(Script, ["--control", _control, "--send", command], TimeSpan.FromSeconds(30));
         Assert.True(result.ExitCode == 0 && result.Stdout.StartsWith("ok", StringComparison.Ordinal), $"faultproxy '{command}': {result}");
+        return result.Stdout.Trim();
     }
 
     public async ValueTask DisposeAsync()

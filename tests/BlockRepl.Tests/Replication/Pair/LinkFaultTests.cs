@@ -33,13 +33,26 @@ public sealed class LinkFaultTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AsyncPair_SlowLink_SecondaryLagsGoesAheadAndConverges()
+    public async Task AsyncPair_SlowLink_AheadAndBehind_ThenResync_ThenConnected_ImagesIdentical()
     {
         Tool.Require("nbdcopy");
         var (pair, proxy) = await StartBehindProxyAsync("async", "64M", ["--send-queue", "2M"]);
         await using var _ = pair;
         await using var __ = proxy;
         await proxy.SendAsync("delay 100");
+
+        // Watch both sides' connection states while the copy runs and the link drains.
+        var seenA = new HashSet<string>();
+        var seenB = new HashSet<string>();
+        using var watchStop = new CancellationTokenSource();
+        var watch = Task.Run(async () =>
+        {
+            while (!watchStop.IsCancellationRequested)
+            {
+                seenA.Add(ReplicaPair.Str(await ReplicaPair.VolumeAsync(pair.A!), "connection")!);
+                seenB.Add(ReplicaPair.Str(await ReplicaPair.VolumeAsync(pair.B!), "connection")!);
+            }
+        });
 
         var source = pair.DirA.PathOf("source.raw");
         await TestData.WriteRandomFileAsync(source, 24L * TestData.MiB, seed: 9);
@@ -55,9 +68,14 @@ public sealed class LinkFaultTests(ITestOutputHelper output)
 
         await proxy.SendAsync("delay 0");
         var synced = await ReplicaPair.WaitInSyncAsync(pair.A);
-        output.WriteLine($"converged: {synced}");
+        await watchStop.CancelAsync();
+        await watch;
+        output.WriteLine($"converged: {synced}\nA saw: {string.Join(' ', seenA)}\nB saw: {string.Join(' ', seenB)}");
+        Assert.Contains("ahead", seenA);
+        Assert.Contains("behind", seenB);
+        Assert.Contains("ahead", synced.GetProperty("lastResync").GetProperty("reason").GetString(), StringComparison.Ordinal);
         var b = await ReplicaPair.VolumeAsync(pair.B!);
-        Assert.Equal("uptodate", ReplicaPair.Str(b, "disk"));
+        Assert.Equal(("uptodate", "connected"), (ReplicaPair.Str(b, "disk"), ReplicaPair.Str(b, "connection")));
         var (hashA, hashB) = await pair.StopAndHashAsync();
         Assert.True(hashA == hashB, $"the async secondary did not converge: {hashA} vs {hashB}");
     }
