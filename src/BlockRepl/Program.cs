@@ -19,10 +19,11 @@ var mode = new Option<string?>("--mode") { Description = "sync|async: ack after 
 var onPeerLoss = new Option<string?>("--on-peer-loss") { Description = "continue|block: go on tracking dirty ranges, or hold writes, while the peer is away (default continue)" };
 var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer silent this long is dead, e.g. 2s (default 2s)" };
 var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
+var resync = new Option<string?>("--resync") { Description = "data|checksum: a resync sends every dirty range, or first compares chunk hashes with the peer and sends only what differs (default data)" };
 
 var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue,
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, resync,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -42,6 +43,7 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         OnPeerLoss = result.GetValue(onPeerLoss) ?? fromFile.OnPeerLoss,
         PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
+        Resync = result.GetValue(resync) ?? fromFile.Resync,
     };
     return await ServeCommand.RunAsync(options, ct).ConfigureAwait(false);
 }));
@@ -73,11 +75,17 @@ var promote = AdminVerb("promote", "make this node's volume primary (failover or
     (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);
 var demote = AdminVerb("demote", "make this node's volume secondary: ship what is queued, close clients",
     (a, v, r, ct) => AdminCommands.DemoteAsync(a, v, ct));
+var repair = new Option<bool>("--repair") { Description = "resync the chunks that differ and verify them again" };
+var chunk = new Option<string?>("--chunk") { Description = "chunk size compared, a multiple of 4K up to 1M (default 64K)" };
+var verifyJson = new Option<bool>("--json") { Description = "print the result as JSON" };
+var verify = AdminVerb("verify", "on the primary: compare chunk hashes of both images while in use (exit 0 identical, 3 differ, 4 differed and repaired)",
+    (a, v, r, ct) => AdminCommands.VerifyAsync(a, v, r.GetValue(chunk), r.GetValue(repair), r.GetValue(verifyJson), ct), repair, chunk, verifyJson);
 
 root.Subcommands.Add(serve);
 root.Subcommands.Add(status);
 root.Subcommands.Add(promote);
 root.Subcommands.Add(demote);
+root.Subcommands.Add(verify);
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
 
 internal static class Cli

@@ -35,6 +35,9 @@ internal sealed record ServeOptions
 
     public string OnPeerLoss { get; init; } = "continue";
 
+    /// <summary>How a resync this node sources sends dirty ranges: data (all of it) or checksum (only chunks whose hash differs on the peer).</summary>
+    public string Resync { get; init; } = "data";
+
     /// <summary>A peer silent this long is dead (default 2s).</summary>
     public string PeerTimeout { get; init; } = "2s";
 
@@ -118,7 +121,14 @@ internal sealed record ServeOptions
             throw new UserError($"--send-queue {SendQueue} is too small: at least 2M");
         }
 
-        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue);
+        var checksumResync = Resync switch
+        {
+            "data" => false,
+            "checksum" => true,
+            _ => throw new UserError($"--resync '{Resync}': expected data or checksum"),
+        };
+
+        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue, checksumResync);
     }
 
     private static TimeSpan ParseDuration(string text, string flag)
@@ -173,7 +183,8 @@ internal sealed record ReplicationOptions(
     Core.Replication.ReplicationMode Mode,
     Core.Replication.PeerLossPolicy OnPeerLoss,
     TimeSpan PeerTimeout,
-    long SendQueueBytes);
+    long SendQueueBytes,
+    bool ChecksumResync = false);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip,
     AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow)]

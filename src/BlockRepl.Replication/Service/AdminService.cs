@@ -22,6 +22,7 @@ internal sealed class AdminService(
     public const string StatusPath = "/blockrepl.v1.Admin/Status";
     public const string PromotePath = "/blockrepl.v1.Admin/Promote";
     public const string DemotePath = "/blockrepl.v1.Admin/Demote";
+    public const string VerifyPath = "/blockrepl.v1.Admin/Verify";
 
     private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
@@ -92,6 +93,43 @@ internal sealed class AdminService(
         return new DemoteReply { Done = result.Done, Reason = result.Reason, ClosedClients = (uint)closed, ShippedRecords = result.ShippedRecords };
     }
 
+    public async Task<VerifyReply> VerifyAsync(VerifyRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var v = Single(request.Volume);
+        var chunk = request.ChunkBytes == 0 ? Volume.DefaultVerifyChunk : (int)Math.Min(request.ChunkBytes, int.MaxValue);
+        var result = await v.Volume.VerifyAsync(chunk, request.Repair, message => ReplicationLog.Info(logger, v.Volume.Name, message), context.CancellationToken)
+            .ConfigureAwait(false);
+        if (!result.Done && result.BytesCompared == 0)
+        {
+            ReplicationLog.Info(logger, v.Volume.Name, $"verify refused: {result.Reason}");
+        }
+
+        return new VerifyReply { Done = result.Done, Reason = result.Reason, Report = ToWire(result) };
+    }
+
+    internal static VerifyReport ToWire(VerifyResult r)
+    {
+        var report = new VerifyReport
+        {
+            StartedUnixMs = r.StartedAt.ToUnixTimeMilliseconds(),
+            FinishedUnixMs = r.FinishedAt.ToUnixTimeMilliseconds(),
+            ChunkBytes = (uint)r.ChunkBytes,
+            BytesCompared = (ulong)r.BytesCompared,
+            ChunksCompared = (ulong)r.ChunksCompared,
+            DirtyChunksSkipped = (ulong)r.DirtyChunksSkipped,
+            Repair = r.Repair,
+            Error = r.Reason,
+        };
+        report.Differing.AddRange(r.Differing.Select(d => new ByteRange { Offset = (ulong)d.Offset, Length = (ulong)d.Length }));
+        if (r.Repair)
+        {
+            report.Remaining.AddRange(r.Remaining.Select(d => new ByteRange { Offset = (ulong)d.Offset, Length = (ulong)d.Length }));
+        }
+
+        return report;
+    }
+
     private void EnsureAdminEndpoint(ServerCallContext context)
     {
         if (replicationPort is { } port
@@ -154,6 +192,11 @@ internal sealed class AdminService(
             status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });
         }
 
+        if (volume.LastVerify is { } verify)
+        {
+            status.LastVerify = ToWire(verify);
+        }
+
         var (missingRecords, missingBytes) = volume.KnownMissing;
         status.KnownMissingRecords = missingRecords;
         status.KnownMissingBytes = missingBytes;
@@ -179,6 +222,14 @@ internal sealed class AdminService(
                 Batches = (ulong)r.Batches,
                 Records = (ulong)r.Records,
             };
+            if (volume.Link is { } link)
+            {
+                var (requests, replyBytes, equalBytes) = link.ChecksumCounters;
+                status.Wire.ChecksumRequests = (ulong)requests;
+                status.Wire.ChecksumReplyBytes = (ulong)replyBytes;
+                status.Wire.ChecksumEqualBytes = (ulong)equalBytes;
+            }
+
             status.DirtyBytes = (ulong)r.DirtyBytes;
             if (r.ResyncActive)
             {
