@@ -58,6 +58,12 @@ public sealed partial class Volume
 
     private static readonly TimeSpan RepairWait = TimeSpan.FromMinutes(10);
 
+    /// <summary>
+    /// Differing chunks a verify holds before it stops (8 MiB of offsets): past this the images are not "nearly
+    /// identical" and a full resync is the repair, not a list of ranges.
+    /// </summary>
+    private const int MaxDifferingChunks = 1 << 20;
+
     private int _verifyRunning;
     private volatile VerifyResult? _lastVerify;
 
@@ -202,6 +208,12 @@ public sealed partial class Volume
                         var h = i * ChecksumProbe.HashBytes;
                         if (!local.AsSpan(h, ChecksumProbe.HashBytes).SequenceEqual(peer.AsSpan(h, ChecksumProbe.HashBytes)))
                         {
+                            if (differingChunks.Count >= MaxDifferingChunks)
+                            {
+                                error ??= $"more than {MaxDifferingChunks} chunks differ; stopped (a full resync repairs this more cheaply)";
+                                break;
+                            }
+
                             differingChunks.Add(probe.Offset + ((long)i * probe.ChunkBytes));
                         }
                     }

@@ -93,7 +93,8 @@ internal sealed partial class PeerLink
     /// <summary>
     /// Queues a probe in order with the records. Called under the volume's ordering lock, right after this node
     /// read the range. False (and, for a resync probe, its range back in the bitmap) when there is no usable stream.
-    /// For a verify probe, records which chunks the bitmap marks dirty now: those may differ legitimately.
+    /// For a verify probe, records which chunks may differ legitimately now: dirty in the bitmap, or under a
+    /// checksum resync probe that is not settled yet.
     /// </summary>
     public bool TryQueueProbe(ChecksumProbe probe)
     {
@@ -119,6 +120,13 @@ internal sealed partial class PeerLink
                     for (var c = start >> DirtyBitmap.ChunkShift; c <= (end - 1) >> DirtyBitmap.ChunkShift && !dirty[i]; c++)
                     {
                         dirty[i] = _bitmap.IsSet(c);
+                    }
+
+                    // A checksum resync's probe took its range out of the bitmap; until it is settled the range may
+                    // still differ on the peer, exactly like a dirty one.
+                    foreach (var pending in _unsettledResyncProbes)
+                    {
+                        dirty[i] |= pending.Offset < end && start < pending.Offset + pending.Length;
                     }
                 }
 
