@@ -10,10 +10,8 @@ internal static class ChecksumRequestLimits
 
     public const int MaxChunk = Volume.MaxProbeBytes;
 
-    /// <summary>Largest range one request covers: the receiver reads it into one buffer.</summary>
+    /// <summary>Largest range one request covers: the receiver reads it into one buffer (so at most 1024 chunks of the smallest size).</summary>
     public const int MaxLength = 4 * 1024 * 1024;
-
-    public const int MaxChunks = 1024;
 
     /// <summary>Replies waiting for the ack loop before the apply loop waits too.</summary>
     public const int MaxQueuedReplies = 64;
@@ -29,11 +27,6 @@ internal static class ChecksumRequestLimits
         if (request.Length == 0 || request.Length > MaxLength)
         {
             return $"length {request.Length} is outside 1..{MaxLength}";
-        }
-
-        if ((request.Length + request.ChunkBytes - 1) / request.ChunkBytes > MaxChunks)
-        {
-            return $"{request.Length} bytes in {request.ChunkBytes}-byte chunks is more than {MaxChunks} chunks";
         }
 
         if (request.Offset > (ulong)volumeSize || request.Length > (ulong)volumeSize - request.Offset)
