@@ -354,10 +354,18 @@ public sealed partial class Volume
     internal async Task RunChecksumPassAsync(bool full, Action<string> log, CancellationToken cancellationToken)
     {
         var link = _link!;
-        if (!link.PeerChecksums || !link.BeginResync(full))
+        if (!link.PeerChecksums)
         {
+            log("checksum resync: the peer does not answer checksum requests (an older version); sending the data");
             return;
         }
+
+        if (!link.HasDirty || !link.BeginResync(full))
+        {
+            return; // nothing left to probe (e.g. called again while the end marker of the last resync waits to go out)
+        }
+
+        log($"checksum resync: probing {link.Snapshot().DirtyBytes} dirty bytes before sending any data");
 
         var (_, _, equalBefore) = link.ChecksumCounters;
         var buffer = ArrayPool<byte>.Shared.Rent(MaxProbeBytes);
