@@ -5,6 +5,7 @@
 #   make run          deps + build, then start a local primary/secondary pair (tools/run-local.sh)
 #   make bench        deps + build, then the NBD end-to-end benchmark vs qemu-nbd and nbdkit
 #   make bench-repl   deps + build, then the replication benchmark vs qemu-storage-daemon mirrors
+#   make bench-al     deps + build, then pairs with the activity log on vs off (bench/results/al-bench-latest.md)
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs
 
@@ -26,7 +27,7 @@ TEST_ARGS     ?=
 MICRO_FILTER  ?= *
 MICRO_ARGS    ?=
 
-.PHONY: deps build test run bench bench-repl bench-micro clean
+.PHONY: deps build test run bench bench-repl bench-al bench-micro clean
 
 deps:
 	bash tools/install-deps.sh
@@ -46,6 +47,10 @@ bench: deps build
 
 bench-repl: deps build
 	bash bench/repl-bench.sh
+
+bench-al: deps build
+	CONFIGS="async-pair async-pair-nolog sync-pair sync-pair-nolog async-pair-log64" SEQ=0 WIRE=0 REPEATS=$${REPEATS:-5} \
+		OUT_NAME=al-bench-latest bash bench/repl-bench.sh
 
 bench-micro: deps
 	$(DOTNET) run -c $(CONFIGURATION) --project $(MICRO_PROJECT) -- --filter '$(MICRO_FILTER)' $(MICRO_ARGS)

@@ -8,8 +8,11 @@
 #   BLOCKREPL=/elsewhere/blockrepl bash bench/repl-bench.sh       (a binary built outside this tree)
 #
 # Environment:
-#   CONFIGS    configurations to measure, any of "standalone async-pair sync-pair qsd-sync qsd-async"
-#              (default: all five)
+#   CONFIGS    configurations to measure, any of "standalone async-pair sync-pair qsd-sync qsd-async" (the default)
+#              and, for the activity-log comparison (make bench-al), "async-pair-nolog sync-pair-nolog" (the pairs
+#              with --activity-log off) and "async-pair-log64" (a 64-extent, 256 MiB log: random writes over
+#              the 1 GiB volume keep evicting extents)
+#   OUT_NAME   base name of the report in bench/results (default repl-bench-latest)
 #   RUNTIME    seconds per fio run, time_based (default 4); RAMP: ramp_time seconds (default 1)
 #   REPEATS    runs per (configuration, job) cell; the table shows the median (default 3)
 #   WARMUP     seconds of unmeasured 4 KiB randrw QD8 per configuration before the first run (default 2; 0 = none)
@@ -45,8 +48,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-ALL_CONFIGS="standalone async-pair sync-pair qsd-sync qsd-async"
-CONFIGS="${CONFIGS:-$ALL_CONFIGS}"
+DEFAULT_CONFIGS="standalone async-pair sync-pair qsd-sync qsd-async"
+ALL_CONFIGS="$DEFAULT_CONFIGS async-pair-nolog sync-pair-nolog async-pair-log64"
+CONFIGS="${CONFIGS:-$DEFAULT_CONFIGS}"
 RUNTIME="${RUNTIME:-4}"
 RAMP="${RAMP:-1}"
 REPEATS="${REPEATS:-3}"
@@ -61,8 +65,10 @@ CONNECT_TIMEOUT="${CONNECT_TIMEOUT:-120}"
 READY_TIMEOUT="${READY_TIMEOUT:-300}"
 DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-60}"
 RESULTS_DIR="$REPO/bench/results"
-OUT_MD="$RESULTS_DIR/repl-bench-latest.md"
-OUT_TSV="$RESULTS_DIR/repl-bench-latest.tsv"
+OUT_NAME="${OUT_NAME:-repl-bench-latest}"
+[[ "$OUT_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "repl-bench: OUT_NAME must be a plain file name" >&2; exit 1; }
+OUT_MD="$RESULTS_DIR/$OUT_NAME.md"
+OUT_TSV="$RESULTS_DIR/$OUT_NAME.tsv"
 VOL=vol
 IMAGE_SIZE_MIB=1024
 
@@ -458,16 +464,17 @@ start_standalone() {
     ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
 }
 
-start_pair() { # config mode
+start_pair() { # config mode [extra serve args...]
     local c=$1 mode=$2 p1 p2 t0 deadline conn st
+    shift 2
     p1=$(free_port)
     p2=$(free_port)
     while [[ "$p2" == "$p1" ]]; do p2=$(free_port); done
     t0=$(date +%s.%N)
     start_blockrepl "$c/s" "$WORK/$c/s" --role secondary --listen "127.0.0.1:$p2" \
-        --peer "http://127.0.0.1:$p1" --mode "$mode" || return 1
+        --peer "http://127.0.0.1:$p1" --mode "$mode" "$@" || return 1
     start_blockrepl "$c/p" "$WORK/$c/p" --role primary --listen "127.0.0.1:$p1" \
-        --peer "http://127.0.0.1:$p2" --mode "$mode" || return 1
+        --peer "http://127.0.0.1:$p2" --mode "$mode" "$@" || return 1
     URIS[$c]=$LAST_URI
     ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
     conn=""
@@ -537,6 +544,9 @@ for c in "${CFG_LIST[@]}"; do
     standalone) start_standalone || FAIL[$c]="$REASON" ;;
     async-pair) start_pair "$c" async || FAIL[$c]="$REASON" ;;
     sync-pair) start_pair "$c" sync || FAIL[$c]="$REASON" ;;
+    async-pair-nolog) start_pair "$c" async --activity-log off || FAIL[$c]="$REASON" ;;
+    sync-pair-nolog) start_pair "$c" sync --activity-log off || FAIL[$c]="$REASON" ;;
+    async-pair-log64) start_pair "$c" async --activity-log 64 || FAIL[$c]="$REASON" ;;
     qsd-sync) start_qsd "$c" write-blocking || FAIL[$c]="$REASON" ;;
     qsd-async) start_qsd "$c" background || FAIL[$c]="$REASON" ;;
     esac
@@ -564,7 +574,7 @@ lag_and_drain() { # config
         LAG_B=$(qmp "${QMPSOCK[$c]}" lag m0 2>/dev/null) || LAG_B=""
         if out=$(qmp "${QMPSOCK[$c]}" drain m0 "$DRAIN_TIMEOUT" 2>/dev/null); then DRAIN_S=$out; else DRAIN_S=timeout; fi
         ;;
-    *-pair)
+    *-pair | *-pair-*)
         if st=$(br_status "${ADMIN[$c]}"); then
             IFS='|' read -r LAG_B LAG_UA LAG_UD ahead < <(jq -r '
                 .volumes[0] as $v | ($v.replication // {}) as $r
@@ -755,7 +765,9 @@ with open(fails_tsv) as f:
         (cfg_fail.__setitem__(c, reason) if not j else run_fail.__setitem__((c, j), reason))
 
 NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pair", "sync-pair": "blockrepl sync pair",
-         "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)"}
+         "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)",
+         "async-pair-nolog": "blockrepl async pair, activity log off", "sync-pair-nolog": "blockrepl sync pair, activity log off",
+         "async-pair-log64": "blockrepl async pair, 64-extent activity log"}
 
 def num(v):
     try:
@@ -841,20 +853,32 @@ out.append("")
 out.append("| ratio | job | value | target | |")
 out.append("|---|---|---:|---:|---|")
 def ratio(a, b, j, target, label):
+    if a not in cfgs or b not in cfgs:
+        return
     va, vb = med(a, j, "iops"), med(b, j, "iops")
     if va is None or vb is None or vb == 0:
         why = "; ".join((f"{NAMES[x]} failed: {cfg_fail.get(x, run_fail.get((x, j), 'no successful run'))}"
                          if x in cfgs else f"{NAMES[x]} not in CONFIGS")
                         for x in (a, b) if med(x, j, "iops") is None)
-        out.append(f"| {label} | {j} | n/a | >= {target:.1f}x | {why or 'n/a'} |")
+        out.append(f"| {label} | {j} | n/a | {'-' if target is None else f'>= {target:.1f}x'} | {why or 'n/a'} |")
         return
     r = va / vb
+    if target is None:
+        out.append(f"| {label} | {j} | {r:.2f}x | - | for information |")
+        return
     out.append(f"| {label} | {j} | {r:.2f}x | >= {target:.1f}x | {'met' if r >= target else 'MISSED'} |")
 if "4k-randwrite-qd1" in jobs:
     ratio("sync-pair", "qsd-sync", "4k-randwrite-qd1", 1.0, "sync pair / qsd write-blocking mirror")
 if "4k-randwrite-qd32" in jobs:
     ratio("sync-pair", "qsd-sync", "4k-randwrite-qd32", 1.5, "sync pair / qsd write-blocking mirror")
     ratio("async-pair", "standalone", "4k-randwrite-qd32", 0.8, "async pair / standalone")
+for j in ("4k-randwrite-qd1", "4k-randwrite-qd32"):
+    if j in jobs:
+        for m in ("async", "sync"):
+            if f"{m}-pair-nolog" in cfgs:
+                ratio(f"{m}-pair", f"{m}-pair-nolog", j, 0.9, f"{m} pair: activity log on / off")
+        if "async-pair-log64" in cfgs:
+            ratio("async-pair-log64", "async-pair-nolog", j, None, "async pair: 64-extent log (evicting) / log off")
 
 if wire_on == "1":
     out.append("")

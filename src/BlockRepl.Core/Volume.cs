@@ -21,7 +21,11 @@ public sealed partial class Volume : IDisposable
     private readonly CoalescingFlush _flush;
     private readonly ConcurrentDictionary<long, VolumeClient> _clients = new();
     private readonly VolumeMetadata _metadata;
-    private readonly string _metadataPath;
+    private readonly MetaFile _metaFile;
+    private readonly int _activityLogExtents;
+    private readonly uint[] _loggedAtOpen;
+    private readonly bool _recoverFromLog;
+    private ActivityLog? _al;
     private long _nextClientId;
     private int _disposed;
     private volatile VolumeRole _role;
@@ -31,43 +35,53 @@ public sealed partial class Volume : IDisposable
     private readonly Lock _metaGate = new();
     private PeerLink? _link;
     private bool _bumpPending;
-    private bool _bumpKeepsBitmap;
     private ulong _peerGeneration;
     private volatile bool _splitBrain;
     private volatile string? _lastError;
     private long _lastErrorUnixMs;
 
-    private Volume(BlockImage image, VolumeMetadata metadata, string metadataPath)
+    private Volume(BlockImage image, VolumeMetadata metadata, MetaFile metaFile, int activityLogExtents)
     {
         _image = image;
         _metadata = metadata;
-        _metadataPath = metadataPath;
+        _metaFile = metaFile;
+        _activityLogExtents = activityLogExtents;
         _flush = new CoalescingFlush(image.Flush);
         _role = StateNames.ParseRole(metadata.Role);
         _disk = StateNames.ParseDisk(metadata.Disk);
+        _loggedAtOpen = metaFile.ReadActivityLog();
 
-        // Tracking of what the peer lacks is in memory only (the persistent bitmap is the next issue's work):
-        // whatever bitmap generation the file names, no bitmap survived the restart.
-        metadata.BitmapGeneration = 0;
         if (_role == VolumeRole.Primary)
         {
             if (!metadata.CleanShutdown)
             {
-                // Killed while serving as primary: writes may have reached this image and never the peer, and no
-                // bitmap names them. The next resync is a full one.
-                metadata.NeedsFullSync = true;
+                if (metadata.ActivityLogKept)
+                {
+                    // Killed while serving as primary, with the activity log kept: what the peer may lack (or hold
+                    // beyond this image) is inside the logged extents or set in the persisted bitmap. Those are
+                    // resynced; nothing else.
+                    _recoverFromLog = true;
+                }
+                else
+                {
+                    // No activity log: writes may have reached this image and never the peer, and nothing names
+                    // them. The next resync is a full one.
+                    metadata.NeedsFullSync = true;
+                }
             }
 
             // Whether or not the stop was clean, the first write before the peer is back starts a new
             // generation, so a peer promoted meanwhile sees both sides moved on (split brain), not "newer".
-            // After a clean, drained stop the in-memory bitmap starts empty and valid, relative to the peer.
             _bumpPending = true;
-            _bumpKeepsBitmap = metadata.CleanShutdown && !metadata.NeedsFullSync;
         }
 
+        metadata.ActivityLogKept = activityLogExtents > 0;
         metadata.CleanShutdown = false;
-        metadata.Save(metadataPath);
+        metaFile.Save(metadata);
     }
+
+    /// <summary>What the activity log recovered at this start (after a crash of the primary), or null.</summary>
+    public string? RecoveryNote { get; private set; }
 
     public string Name => _metadata.Name;
 
@@ -135,7 +149,7 @@ public sealed partial class Volume : IDisposable
             lock (_metaGate)
             {
                 return new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
-                    _metadata.Fresh, _metadata.NeedsFullSync);
+                    _metadata.Fresh, _metadata.NeedsFullSync, _metadata.DiscardMyData);
             }
         }
     }
@@ -160,28 +174,48 @@ public sealed partial class Volume : IDisposable
                 $"volume name '{options.Name}' is not valid: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'");
         }
 
+        if (options.ActivityLogExtents != 0 && options.ActivityLogExtents is < ActivityLog.MinCapacity or > MetaFile.MaxAlExtents)
+        {
+            throw new InvalidOperationException(
+                $"activity log of {options.ActivityLogExtents} extents: use 0 (off) or {ActivityLog.MinCapacity}..{MetaFile.MaxAlExtents} (4 MiB each)");
+        }
+
         var metadataPath = options.MetadataPath;
-        var metadata = VolumeMetadata.TryLoad(metadataPath);
+        var opened = MetaFile.TryOpen(metadataPath);
+        var metadata = opened?.Metadata;
+        var metaFile = opened?.File;
         var imageExists = File.Exists(options.ImagePath);
         if (metadata is not null && !imageExists)
         {
+            metaFile!.Dispose();
             throw new InvalidOperationException(
                 $"metadata {metadataPath} exists but its image {options.ImagePath} does not; refusing to create an empty image under an existing identity");
         }
 
         if (metadata is not null && options.SizeBytes != 0 && metadata.SizeBytes != options.SizeBytes)
         {
+            metaFile!.Dispose();
             throw new InvalidOperationException(
                 $"volume {options.Name} is {metadata.SizeBytes} bytes (per {metadataPath}) but --size asks for {options.SizeBytes} bytes; refusing to resize");
         }
 
-        var image = BlockImage.OpenOrCreate(options.ImagePath, options.SizeBytes != 0 ? options.SizeBytes : metadata?.SizeBytes ?? 0);
+        BlockImage image;
+        try
+        {
+            image = BlockImage.OpenOrCreate(options.ImagePath, options.SizeBytes != 0 ? options.SizeBytes : metadata?.SizeBytes ?? 0);
+        }
+        catch
+        {
+            metaFile?.Dispose();
+            throw;
+        }
+
         try
         {
             if (metadata is null)
             {
                 metadata = VolumeMetadata.CreateNew(options.Name, image.Size, options.InitialRole);
-                metadata.Save(metadataPath);
+                metaFile = MetaFile.Create(metadataPath, metadata);
             }
             else if (metadata.SizeBytes != image.Size)
             {
@@ -197,11 +231,12 @@ public sealed partial class Volume : IDisposable
                 warn?.Invoke($"volume {options.Name}: --role {options.InitialRole.Name()} ignored; {metadataPath} records role {metadata.Role}");
             }
 
-            return new Volume(image, metadata, metadataPath);
+            return new Volume(image, metadata, metaFile!, options.ActivityLogExtents);
         }
         catch
         {
             image.Dispose();
+            metaFile?.Dispose();
             throw;
         }
     }
@@ -253,31 +288,118 @@ public sealed partial class Volume : IDisposable
 
     private ValueTask WriteNow(long offset, ReadOnlySpan<byte> data, bool fua)
     {
-        Task? peer = null;
-        lock (_order)
+        var al = _al;
+        if (al is not null && !al.TryAcquire(offset, data.Length))
         {
-            EnsureWritable();
-            BeforeChangeLocked();
+            // A extent not in the activity log yet: it is logged (durably) before the write may land.
+            return WriteAfterLog(al, offset, data.ToArray(), fua);
+        }
 
-            // The record goes to the shipper first, so sending overlaps the local pwrite; both happen under the
-            // ordering lock, so the seq order is the local write order.
-            peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
-            try
+        return WriteHeld(al, offset, data, fua);
+    }
+
+    private async ValueTask WriteAfterLog(ActivityLog al, long offset, byte[] copy, bool fua)
+    {
+        await AcquireLogAsync(al, offset, copy.Length).ConfigureAwait(false);
+        await WriteHeld(al, offset, copy, fua).ConfigureAwait(false);
+    }
+
+    private static async Task AcquireLogAsync(ActivityLog al, long offset, long length)
+    {
+        try
+        {
+            await al.AcquireAsync(offset, length).ConfigureAwait(false);
+        }
+        catch
+        {
+            al.Release(offset, length, 0);
+            throw;
+        }
+    }
+
+    /// <summary>The write with its activity-log extents held (when the log is on): ordering lock, record, pwrite.</summary>
+    private ValueTask WriteHeld(ActivityLog? al, long offset, ReadOnlySpan<byte> data, bool fua)
+    {
+        Task? peer = null;
+        ulong seq = 0;
+        try
+        {
+            lock (_order)
             {
-                _image.Write(offset, data);
+                EnsureWritable();
+                BeforeChangeLocked();
+
+                // The record goes to the shipper first, so sending overlaps the local pwrite; both happen under the
+                // ordering lock, so the seq order is the local write order.
+                peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
+                seq = _link?.LastAssignedSeq ?? 0;
+                try
+                {
+                    _image.Write(offset, data);
+                }
+                catch (BlockImageException)
+                {
+                    // The client gets the error; the peer may get the data. The range is marked dirty, so the resync
+                    // sends this image's content there again and the two converge.
+                    _link?.MarkDirty(offset, data.Length);
+                    Counters.Error();
+                    throw;
+                }
             }
-            catch (BlockImageException)
-            {
-                // The client gets the error; the peer may get the data. The range is marked dirty, so the resync
-                // sends this image's content there again and the two converge.
-                _link?.MarkDirty(offset, data.Length);
-                Counters.Error();
-                throw;
-            }
+        }
+        finally
+        {
+            al?.Release(offset, data.Length, seq);
         }
 
         Counters.Write(data.Length);
         return Acknowledge(peer, fua);
+    }
+
+    /// <summary>
+    /// Runs a trim or zero range in pieces of at most <see cref="ActivityLog.MaxRequestExtents"/> extents, each
+    /// with its extents held in the activity log (a whole-disk trim must not need the whole disk logged at once).
+    /// </summary>
+    private async ValueTask<bool> InLoggedPieces(long offset, long length, Func<long, long, ValueTask<bool>> piece)
+    {
+        var al = _al!;
+        var all = true;
+        const long pieceBytes = ActivityLog.MaxRequestExtents * MetaFile.ExtentBytes;
+        var pos = offset;
+        var end = offset + length;
+        while (pos < end)
+        {
+            var next = Math.Min(end, (pos / pieceBytes + 1) * pieceBytes);
+            var len = next - pos;
+            if (!al.TryAcquire(pos, len))
+            {
+                await AcquireLogAsync(al, pos, len).ConfigureAwait(false);
+            }
+
+            ValueTask<bool> step;
+            try
+            {
+                step = piece(pos, len);
+            }
+            finally
+            {
+                al.Release(pos, len, _link?.LastAssignedSeq ?? 0);
+            }
+
+            if (!await step.ConfigureAwait(false))
+            {
+                if (pos == offset)
+                {
+                    return false; // nothing changed (a fast zero the filesystem cannot do)
+                }
+
+                all = false;
+            }
+
+            pos = next;
+        }
+
+        return all;
     }
 
     public ValueTask Trim(long offset, long length, bool fua)
@@ -289,13 +411,28 @@ public sealed partial class Volume : IDisposable
             return TrimAfterWait(link, offset, length, fua);
         }
 
-        return TrimNow(offset, length, fua);
+        return TrimLogged(offset, length, fua);
     }
 
     private async ValueTask TrimAfterWait(PeerLink link, long offset, long length, bool fua)
     {
         await link.WaitToEnterAsync(0, CancellationToken.None).ConfigureAwait(false);
-        await TrimNow(offset, length, fua).ConfigureAwait(false);
+        await TrimLogged(offset, length, fua).ConfigureAwait(false);
+    }
+
+    private ValueTask TrimLogged(long offset, long length, bool fua)
+    {
+        if (_al is null)
+        {
+            return TrimNow(offset, length, fua);
+        }
+
+        var run = InLoggedPieces(offset, length, async (o, l) =>
+        {
+            await TrimNow(o, l, fua).ConfigureAwait(false);
+            return true;
+        });
+        return run.IsCompletedSuccessfully ? ValueTask.CompletedTask : new ValueTask(run.AsTask());
     }
 
     private ValueTask TrimNow(long offset, long length, bool fua)
@@ -346,14 +483,19 @@ public sealed partial class Volume : IDisposable
             return ZeroAfterWait(link, offset, length, mayDeallocate, onlyIfFast, fua);
         }
 
-        return ZeroNow(offset, length, mayDeallocate, onlyIfFast, fua);
+        return ZeroLogged(offset, length, mayDeallocate, onlyIfFast, fua);
     }
 
     private async ValueTask<bool> ZeroAfterWait(PeerLink link, long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
     {
         await link.WaitToEnterAsync(0, CancellationToken.None).ConfigureAwait(false);
-        return await ZeroNow(offset, length, mayDeallocate, onlyIfFast, fua).ConfigureAwait(false);
+        return await ZeroLogged(offset, length, mayDeallocate, onlyIfFast, fua).ConfigureAwait(false);
     }
+
+    private ValueTask<bool> ZeroLogged(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua) =>
+        _al is null
+            ? ZeroNow(offset, length, mayDeallocate, onlyIfFast, fua)
+            : InLoggedPieces(offset, length, (o, l) => ZeroNow(o, l, mayDeallocate, onlyIfFast, fua));
 
     private ValueTask<bool> ZeroNow(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
     {
@@ -437,31 +579,41 @@ public sealed partial class Volume : IDisposable
         try
         {
             _image.Flush();
-            lock (_metaGate)
+            try
             {
-                // Clean only when nothing is left that the peer may lack and no bitmap would remember.
-                _metadata.CleanShutdown = _role == VolumeRole.Secondary || _link is null || _link.WasDrained || _metadata.NeedsFullSync;
-                if (_role == VolumeRole.Primary && _link is not null && !_link.WasDrained)
+                var persisted = false;
+                if (_link is { } link)
                 {
-                    _metadata.NeedsFullSync = true;
+                    // Whatever is still in flight falls into the bitmap, and the whole bitmap goes to disk: a clean
+                    // stop then needs no activity log, and the next start knows exactly what the peer lacks.
+                    lock (_order)
+                    {
+                        link.CloseStream(new VolumeReadOnlyException($"volume {Name} is closing"));
+                    }
+
+                    link.PersistAll();
+                    _al?.Clear();
+                    persisted = true;
                 }
 
-                try
+                lock (_metaGate)
                 {
-                    _metadata.Save(_metadataPath);
+                    _metadata.CleanShutdown = persisted || _role == VolumeRole.Secondary || _link is null || _metadata.NeedsFullSync;
+                    _metaFile.Save(_metadata);
                 }
-                catch (IOException ex)
-                {
-                    // The file on disk still says "not a clean stop": the next start assumes the worst (a full
-                    // resync), which is safe. The data itself was flushed above.
-                    ShutdownWarning = $"volume {Name}: could not record the clean stop in {_metadataPath} ({ex.Message}); the next start treats it as a crash";
-                }
+            }
+            catch (IOException ex)
+            {
+                // The file on disk still says "not a clean stop": the next start recovers from the activity log
+                // (or, without one, resyncs in full), which is safe. The data itself was flushed above.
+                ShutdownWarning = $"volume {Name}: could not record the clean stop in {_metaFile.Path} ({ex.Message}); the next start treats it as a crash";
             }
         }
         finally
         {
             _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is closing"));
             _image.Dispose();
+            _metaFile.Dispose();
         }
     }
 
@@ -489,11 +641,24 @@ public sealed partial class Volume : IDisposable
         {
             var old = _metadata.CurrentGeneration;
             var oldBitmap = _metadata.BitmapGeneration;
+            var oldFull = _metadata.NeedsFullSync;
             _metadata.StartGeneration(VolumeMetadata.NewGeneration());
-            _metadata.BitmapGeneration = _bumpKeepsBitmap ? old : 0;
+            if (_link is null)
+            {
+                // Nothing tracks what changes from here on: a later peer needs everything.
+                _metadata.BitmapGeneration = 0;
+                _metadata.NeedsFullSync = true;
+            }
+            else if (_metadata.BitmapGeneration == 0)
+            {
+                // In sync until now: the bitmap (persisted, or named by the activity log) is relative to the
+                // generation the peer has. A bitmap generation already set stays: the bitmap still counts from there.
+                _metadata.BitmapGeneration = old;
+            }
+
             try
             {
-                _metadata.Save(_metadataPath);
+                _metaFile.Save(_metadata);
             }
             catch (IOException ex) when (ex is not BlockImageException)
             {
@@ -501,14 +666,14 @@ public sealed partial class Volume : IDisposable
                 _metadata.CurrentGeneration = old;
                 _metadata.HistoryGenerations.Remove(old);
                 _metadata.BitmapGeneration = oldBitmap;
+                _metadata.NeedsFullSync = oldFull;
                 Counters.Error();
-                throw new BlockImageException($"volume {Name}: cannot record a new generation in {_metadataPath}: {ex.Message}",
+                throw new BlockImageException($"volume {Name}: cannot record a new generation in {_metaFile.Path}: {ex.Message}",
                     ex.HResult == unchecked((int)0x80070070) || ex.Message.Contains("No space", StringComparison.Ordinal) ? Native.LibC.ENOSPC : Native.LibC.EIO, ex);
             }
         }
 
         _bumpPending = false;
-        _bumpKeepsBitmap = false;
     }
 
     private void RunCounted(Action action)

@@ -8,16 +8,14 @@ namespace BlockRepl.Core;
 /// What <c>NAME.meta</c> holds beside the image: identity, size, role, disk state and generations.
 /// </summary>
 /// <remarks>
-/// The file is JSON so an operator can read it. Every save is crash-safe: the new content goes to
-/// <c>NAME.meta.tmp</c>, is fsynced, renamed over <c>NAME.meta</c>, and the directory is fsynced, so a
-/// crash leaves either the old or the new file, never a torn one. (The dirty bitmap and activity log,
-/// which change often, will live in their own checksummed slots, not in this file.)
+/// Stored as JSON (readable with <c>strings NAME.meta | head</c>) in the double-buffered record slots of
+/// <see cref="MetaFile"/>, beside the activity log and the dirty bitmap.
 /// </remarks>
 public sealed class VolumeMetadata
 {
-    public const int CurrentFormatVersion = 1;
+    public const int CurrentFormatVersion = 2;
 
-    public int FormatVersion { get; init; } = CurrentFormatVersion;
+    public int FormatVersion { get; set; } = CurrentFormatVersion;
 
     public required Guid VolumeUuid { get; set; }
 
@@ -34,7 +32,11 @@ public sealed class VolumeMetadata
     /// <summary>Current generation: a new random value when a primary loses its peer or a node is promoted.</summary>
     public ulong CurrentGeneration { get; set; }
 
-    /// <summary>The generation the dirty bitmap is relative to (0: no bitmap).</summary>
+    /// <summary>
+    /// The generation the dirty bitmap is relative to: the bitmap names every range where this image may differ
+    /// from the image of that generation. 0 while the pair is in sync (the bitmap is then relative to the
+    /// current generation, which the peer shares).
+    /// </summary>
     public ulong BitmapGeneration { get; set; }
 
     /// <summary>Earlier current generations, newest first, at most <see cref="HistoryLength"/>.</summary>
@@ -56,6 +58,18 @@ public sealed class VolumeMetadata
     /// or was demoted with writes unshipped): the next resync between the pair must be a full one.
     /// </summary>
     public bool NeedsFullSync { get; set; }
+
+    /// <summary>
+    /// The session that last opened this file kept the activity log: after a crash, what the log and the persisted
+    /// bitmap name is all that may differ from the peer. False: a crash of a primary costs a full resync.
+    /// </summary>
+    public bool ActivityLogKept { get; set; }
+
+    /// <summary>
+    /// Set by <c>blockrepl resolve --discard-my-data</c> on the victim of a split brain: at the next connection
+    /// this node gives up its changes and is resynced from its peer (from both bitmaps when they share a base).
+    /// </summary>
+    public bool DiscardMyData { get; set; }
 
     /// <summary>Makes <paramref name="generation"/> current, pushing the old current into the history.</summary>
     public void StartGeneration(ulong generation)
@@ -96,65 +110,6 @@ public sealed class VolumeMetadata
         }
         while (value == 0);
         return value;
-    }
-
-    public static VolumeMetadata? TryLoad(string path)
-    {
-        if (!File.Exists(path))
-        {
-            return null;
-        }
-
-        VolumeMetadata? meta;
-        try
-        {
-            meta = JsonSerializer.Deserialize(File.ReadAllBytes(path), MetadataJsonContext.Default.VolumeMetadata);
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"metadata {path} is not valid: {ex.Message}", ex);
-        }
-
-        if (meta is null)
-        {
-            throw new InvalidDataException($"metadata {path} is empty");
-        }
-
-        if (meta.FormatVersion != CurrentFormatVersion)
-        {
-            throw new InvalidDataException($"metadata {path} has format version {meta.FormatVersion}; this build reads {CurrentFormatVersion}");
-        }
-
-        // Validate the state words now, so a hand-edited file fails at start with a clear reason.
-        _ = StateNames.ParseRole(meta.Role);
-        _ = StateNames.ParseDisk(meta.Disk);
-        return meta;
-    }
-
-    public void Save(string path)
-    {
-        var tmp = path + ".tmp";
-        var bytes = JsonSerializer.SerializeToUtf8Bytes(this, MetadataJsonContext.Default.VolumeMetadata);
-        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            stream.Write(bytes);
-            stream.Flush(flushToDisk: true);
-        }
-
-        File.Move(tmp, path, overwrite: true);
-        SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-    }
-
-    private static void SyncDirectory(string directory)
-    {
-        // fsync on the directory makes the rename durable. Some filesystems refuse fsync on a directory;
-        // the rename is then as durable as they make it.
-        var fd = Native.LibC.open(directory, Native.LibC.O_RDONLY | Native.LibC.O_DIRECTORY);
-        if (fd >= 0)
-        {
-            _ = Native.LibC.fsync(fd);
-            _ = Native.LibC.close(fd);
-        }
     }
 }
 

@@ -14,6 +14,16 @@ public sealed record VolumeOptions
     /// <summary>Role for newly created metadata. Afterwards the role recorded in NAME.meta wins.</summary>
     public VolumeRole InitialRole { get; init; } = VolumeRole.Primary;
 
+    /// <summary>
+    /// Activity-log capacity in 4 MiB extents (default 1024: 4 GiB of recently written area); 0 turns the log off,
+    /// and a crash of the primary then costs a full resync.
+    /// </summary>
+    public int ActivityLogExtents { get; init; } = DefaultActivityLogExtents;
+
+    public const int DefaultActivityLogExtents = 1024;
+
+    public const int MinActivityLogExtents = 64;
+
     public string MetadataPath => Path.Combine(Path.GetDirectoryName(Path.GetFullPath(ImagePath))!, Name + ".meta");
 
     /// <summary>Volume names become NBD export names and file names: keep them to a safe alphabet.</summary>

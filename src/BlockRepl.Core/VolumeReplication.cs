@@ -21,8 +21,43 @@ public sealed partial class Volume
     /// <summary>Configures a peer: writes are replicated by <paramref name="mode"/> from now on.</summary>
     public void AttachPeer(ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
-        _link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
+        var link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
+        var al = _activityLogExtents > 0 ? new ActivityLog(Size, _activityLogExtents, _metaFile, _loggedAtOpen) : null;
+        link.AttachStore(_metaFile, al);
+        var persisted = link.Snapshot().DirtyBytes;
+        if (_recoverFromLog && _loggedAtOpen.Length > 0)
+        {
+            link.MarkExtents(_loggedAtOpen);
+        }
+
+        if (_recoverFromLog)
+        {
+            RecoveryNote = $"recovery after a crash as primary: {_loggedAtOpen.Length} activity-log extents ({_loggedAtOpen.Length * (MetaFile.ExtentBytes >> 20)} MiB) "
+                + $"and {persisted} bytes of persisted bitmap; {link.Snapshot().DirtyBytes} bytes to resync";
+        }
+        else if (persisted > 0)
+        {
+            RecoveryNote = $"{persisted} bytes dirty in the persisted bitmap";
+        }
+
+        _link = link;
+        _al = al;
         _receiverConnection = ConnectionState.Connecting;
+    }
+
+    /// <summary>The activity log's capacity in extents (0: off).</summary>
+    public int ActivityLogCapacity => _al?.Capacity ?? 0;
+
+    /// <summary>True when <c>resolve --discard-my-data</c> ran and the resync from the peer has not completed.</summary>
+    public bool DiscardMyData
+    {
+        get
+        {
+            lock (_metaGate)
+            {
+                return _metadata.DiscardMyData;
+            }
+        }
     }
 
     /// <summary>True when a stream is open and every write so far is durable on the peer (nothing dirty).</summary>
@@ -56,17 +91,55 @@ public sealed partial class Volume
     }
 
     /// <summary>The peer accepted: opens the gate (and queues a resync's Begin first when one is due). Returns true when a resync must run.</summary>
-    internal bool StreamAccepted(bool fullResync, ulong peerGeneration, bool targetFresh, bool peerInconsistent)
+    internal bool StreamAccepted(bool fullResync, ulong peerGeneration, bool targetFresh, bool peerInconsistent,
+        IReadOnlyList<ulong>? peerDirtyRuns = null, string reason = "")
     {
         _splitBrain = false;
+        bool resync;
         lock (_order)
         {
             _bumpPending = false;
             _peerGeneration = peerGeneration;
+            if (peerDirtyRuns is { Count: > 0 })
+            {
+                // Ranges the peer changed itself: this node's content goes back over them.
+                _link!.MarkRuns(peerDirtyRuns);
+            }
+
             _link!.OpenStream();
-            return _link.StreamAccepted(fullResync, targetFresh, peerInconsistent);
+            var why = reason;
+            if (RecoveryNote is { } note)
+            {
+                why = $"{reason}; {note}";
+            }
+
+            resync = _link.StreamAccepted(fullResync, targetFresh, peerInconsistent, why);
+        }
+
+        if (!resync)
+        {
+            MarkInSync(peerGeneration);
+        }
+
+        return resync;
+    }
+
+    /// <summary>The peer holds this node's current generation and nothing is dirty: the bitmap counts from here.</summary>
+    private void MarkInSync(ulong peerGeneration)
+    {
+        RecoveryNote = null;
+        lock (_metaGate)
+        {
+            if (_role == VolumeRole.Primary && peerGeneration == _metadata.CurrentGeneration && _metadata.BitmapGeneration != 0)
+            {
+                _metadata.BitmapGeneration = 0;
+                _metaFile.Save(_metadata);
+            }
         }
     }
+
+    /// <summary>This node's own dirty runs, for the handshake reply of a receiver that will be resynced.</summary>
+    internal List<ulong> OwnDirtyRuns(int maxPairs) => _link?.DirtyRuns(maxPairs) ?? [];
 
     /// <summary>The stream ended (error, timeout, refusal): what was in flight becomes dirty.</summary>
     internal void StreamClosed()
@@ -93,7 +166,6 @@ public sealed partial class Volume
                     // The peer was at our generation: the next write starts a new one, and the bitmap is relative
                     // to the old one, which is the peer's.
                     _bumpPending = true;
-                    _bumpKeepsBitmap = !_metadata.NeedsFullSync;
                 }
             }
         }
@@ -172,7 +244,8 @@ public sealed partial class Volume
                 if (ended)
                 {
                     var s = link.Snapshot();
-                    log($"{(full ? "full sync" : "bitmap resync")} queued completely: {s.ResyncDoneBytes} bytes in {s.ResyncElapsedSeconds:F1} s");
+                    log($"{(full ? "full sync" : "bitmap resync")} queued completely: {s.ResyncDoneBytes} bytes in {s.ResyncElapsedSeconds:F1} s ({s.LastResyncReason})");
+                    _ = Task.Run(() => PersistWhenDrainedAsync(link, generation, cancellationToken), CancellationToken.None);
                     if (full)
                     {
                         lock (_metaGate)
@@ -180,7 +253,7 @@ public sealed partial class Volume
                             if (_metadata.NeedsFullSync)
                             {
                                 _metadata.NeedsFullSync = false;
-                                _metadata.Save(_metadataPath);
+                                _metaFile.Save(_metadata);
                             }
                         }
                     }
@@ -195,6 +268,37 @@ public sealed partial class Volume
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// Once everything the resync sent is durable on the peer, the cleared bits go to disk and the bitmap counts
+    /// from the generation the peer now shares (so the next outage starts a bitmap resync, not a full one).
+    /// </summary>
+    private async Task PersistWhenDrainedAsync(PeerLink link, ulong generation, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(5);
+            while (link.Streaming && !link.IsDrained && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (!link.IsDrained)
+            {
+                return;
+            }
+
+            link.PersistAll();
+            MarkInSync(generation);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (IOException ex)
+        {
+            ReportError($"could not persist the bitmap after the resync: {ex.Message}");
         }
     }
 
@@ -246,7 +350,7 @@ public sealed partial class Volume
         {
             return new StreamOpening(0, _metadata.VolumeUuid, _metadata.NodeId,
                 new GenerationInfo(_metadata.CurrentGeneration, _metadata.BitmapGeneration, [.. _metadata.HistoryGenerations],
-                    _metadata.Fresh, _metadata.NeedsFullSync));
+                    _metadata.Fresh, _metadata.NeedsFullSync, _metadata.DiscardMyData));
         }
     }
 
@@ -258,7 +362,7 @@ public sealed partial class Volume
         lock (_metaGate)
         {
             _metadata.VolumeUuid = uuid;
-            _metadata.Save(_metadataPath);
+            _metaFile.Save(_metadata);
         }
     }
 
@@ -334,7 +438,7 @@ public sealed partial class Volume
             _disk = DiskState.Inconsistent;
             _metadata.Disk = DiskState.Inconsistent.Name();
             _metadata.Fresh = false; // from the first resync record on, holes here may not be skipped any more
-            _metadata.Save(_metadataPath);
+            _metaFile.Save(_metadata);
         }
 
         _receiverConnection = ConnectionState.SyncTarget;
@@ -359,9 +463,15 @@ public sealed partial class Volume
                 _metadata.NeedsFullSync = false;
             }
 
-            _metadata.Save(_metadataPath);
+            // Everything this node had changed itself (its bitmap, sent to the source at the handshake) is
+            // overwritten now: it holds exactly the source's generation.
+            _metadata.BitmapGeneration = 0;
+            _metadata.DiscardMyData = false;
+            _link?.ClearAllAndPersist();
+            _metaFile.Save(_metadata);
         }
 
+        RecoveryNote = null;
         _receiverConnection = ConnectionState.Connected;
     }
 
@@ -408,7 +518,7 @@ public sealed partial class Volume
                 _metadata.Disk = DiskState.UpToDate.Name();
                 _metadata.Fresh = false;
                 _metadata.CleanShutdown = false;
-                _metadata.Save(_metadataPath);
+                _metaFile.Save(_metadata);
                 generation = _metadata.CurrentGeneration;
             }
 
@@ -458,12 +568,76 @@ public sealed partial class Volume
                 _metadata.NeedsFullSync = true;
             }
 
-            _metadata.Save(_metadataPath);
+            _metaFile.Save(_metadata);
         }
 
         _receiverConnection = link is null ? ConnectionState.Standalone : ConnectionState.Connecting;
         return new RoleChangeResult(true, drained ? "" : "the peer had not received every write: this node needs a full resync before it is in sync again",
             ShippedRecords: shipped);
+    }
+
+    /// <summary>Writes the bitmap (this node's own changes, for the peer to send back over) and empties the log.</summary>
+    private void PersistOwnChanges()
+    {
+        if (_link is not { } link || _al is null)
+        {
+            return;
+        }
+
+        try
+        {
+            lock (_order)
+            {
+                link.CloseStream(new VolumeReadOnlyException($"volume {Name} is no longer primary"));
+            }
+
+            link.PersistAll();
+            _al.Clear();
+        }
+        catch (IOException ex)
+        {
+            // The log on disk still names the extents; the next start recovers from it.
+            ReportError($"could not persist the bitmap: {ex.Message}");
+        }
+    }
+
+    /// <summary>
+    /// <c>resolve --discard-my-data</c>: this node is the victim of a split brain. It stops being primary, keeps its
+    /// bitmap (its own changes since the generation the two share) on disk, and marks itself so that the next
+    /// handshake resyncs it from the peer: from both bitmaps when they count from the same generation, in full
+    /// otherwise. Nothing is overwritten until the survivor connects.
+    /// </summary>
+    public RoleChangeResult ResolveDiscardMyData()
+    {
+        lock (_order)
+        {
+            _role = VolumeRole.Secondary;
+            _bumpPending = false;
+            lock (_metaGate)
+            {
+                _metadata.Role = VolumeRole.Secondary.Name();
+                _metadata.DiscardMyData = true;
+                if (_al is null || _link is null)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                _metaFile.Save(_metadata);
+            }
+        }
+
+        PersistOwnChanges();
+        _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is discarding its data"));
+        _splitBrain = false;
+        _receiverConnection = ConnectionState.Connecting;
+        var own = _link?.Snapshot().DirtyBytes ?? 0;
+        bool full;
+        lock (_metaGate)
+        {
+            full = _metadata.NeedsFullSync;
+        }
+
+        return new RoleChangeResult(true, full ? "full" : "bitmap", MissingBytes: (ulong)own);
     }
 
     /// <summary>The sender found a newer generation on its peer: it steps down and becomes the sync target.</summary>
@@ -474,13 +648,21 @@ public sealed partial class Volume
             _role = VolumeRole.Secondary;
             lock (_metaGate)
             {
-                // This image may hold writes the newer peer never got (in flight at the loss, or written since
-                // without a bitmap that survived): the resync from the peer must be a full one.
+                // This image may hold writes the newer peer never got (in flight at the loss, or the activity
+                // log's extents after a crash). With the activity log kept, the bitmap names them: it goes to disk,
+                // and the newer peer ORs it into its own at the handshake. Without the log, nothing names them:
+                // the resync from the peer must be a full one.
                 _metadata.Role = VolumeRole.Secondary.Name();
-                _metadata.NeedsFullSync = true;
-                _metadata.Save(_metadataPath);
+                if (_al is null || _link is null)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                _metaFile.Save(_metadata);
             }
         }
+
+        PersistOwnChanges();
 
         _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} stepped down to secondary"));
         _receiverConnection = ConnectionState.Connecting;

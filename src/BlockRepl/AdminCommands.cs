@@ -38,6 +38,25 @@ internal static class AdminCommands
         return 0;
     }
 
+    public static async Task<int> ResolveAsync(AdminAddress admin, string? volume, bool discardMyData, CancellationToken cancellationToken)
+    {
+        if (!discardMyData)
+        {
+            throw new UserError("resolve needs --discard-my-data (run it on the split-brain victim: the node whose changes are to be discarded)");
+        }
+
+        var reply = await CallAsync<ResolveRequest, ResolveReply>(admin, AdminService.ResolvePath,
+            new ResolveRequest { Volume = volume ?? "", DiscardMyData = true }, TimeSpan.FromSeconds(30), cancellationToken).ConfigureAwait(false);
+        if (!reply.Done)
+        {
+            await Console.Error.WriteLineAsync($"blockrepl: resolve refused: {reply.Reason}").ConfigureAwait(false);
+            return 1;
+        }
+
+        Console.Out.WriteLine($"blockrepl: this node is secondary and discards its data: {ByteSize.Format((long)reply.OwnDirtyBytes)} of its own changes will be overwritten by a {reply.Plan} resync when the peer connects");
+        return 0;
+    }
+
     public static async Task<int> DemoteAsync(AdminAddress admin, string? volume, CancellationToken cancellationToken)
     {
         var reply = await CallAsync<DemoteRequest, DemoteReply>(admin, AdminService.DemotePath, new DemoteRequest { Volume = volume ?? "" }, TimeSpan.FromSeconds(60), cancellationToken)
@@ -190,6 +209,22 @@ internal static class AdminCommands
             if (v.Resync is { } s)
             {
                 sb.AppendLine(ci, $"  resync ({(s.Full ? "full" : "bitmap")}): {ByteSize.Format(s.DoneBytes)} of {ByteSize.Format(s.TotalBytes)}  {ByteSize.Format(s.BytesPerSecond)}/s  eta {s.EtaSeconds} s");
+                sb.AppendLine(ci, $"    why: {s.Reason}");
+            }
+
+            if (v.LastResync is { } last)
+            {
+                sb.AppendLine(ci, $"  last resync ({(last.Full ? "full" : "bitmap")}): {ByteSize.Format(last.Bytes)} in {last.Seconds:F1} s; why: {last.Reason}");
+            }
+
+            if (v.ActivityLog is { } al)
+            {
+                sb.AppendLine(ci, $"  activity log: {al.HotExtents} of {al.Capacity} extents hot (4 MiB each)  {al.Transactions} transactions  {al.Evictions} evictions");
+            }
+
+            if (v.DiscardMyData)
+            {
+                sb.AppendLine("  discarding its data: the next resync from the peer overwrites this node's changes");
             }
 
             if (v.LastVerify is { } lv)

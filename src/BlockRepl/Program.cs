@@ -21,9 +21,11 @@ var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer 
 var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
 var resync = new Option<string?>("--resync") { Description = "data|checksum: a resync sends every dirty range, or first compares chunk hashes with the peer and sends only what differs (default data)" };
 
+var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
+
 var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, resync,
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resync,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -44,6 +46,7 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
         Resync = result.GetValue(resync) ?? fromFile.Resync,
+        ActivityLog = result.GetValue(activityLog) ?? fromFile.ActivityLog,
     };
     return await ServeCommand.RunAsync(options, ct).ConfigureAwait(false);
 }));
@@ -86,6 +89,9 @@ root.Subcommands.Add(status);
 root.Subcommands.Add(promote);
 root.Subcommands.Add(demote);
 root.Subcommands.Add(verify);
+var discard = new Option<bool>("--discard-my-data") { Description = "this node gives up its changes: it becomes secondary and is resynced from its peer" };
+root.Subcommands.Add(AdminVerb("resolve", "end a split brain on the chosen victim (resolve --discard-my-data)",
+    (a, v, r, ct) => AdminCommands.ResolveAsync(a, v, r.GetValue(discard), ct), discard));
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
 
 internal static class Cli

@@ -148,6 +148,7 @@ internal static class ServeCommand
         app.MapGrpcUnary<PromoteRequest, PromoteReply>(AdminService.PromotePath, adminService.PromoteAsync);
         app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
         app.MapGrpcUnary<VerifyRequest, VerifyReply>(AdminService.VerifyPath, adminService.VerifyAsync);
+        app.MapGrpcUnary<ResolveRequest, ResolveReply>(AdminService.ResolvePath, adminService.ResolveAsync);
 
         try
         {

@@ -44,6 +44,9 @@ internal sealed record ServeOptions
     /// <summary>Bound of the send queue (async: past it the link goes ahead; sync: writers wait). Default 64M.</summary>
     public string SendQueue { get; init; } = "64M";
 
+    /// <summary>Activity-log capacity in 4 MiB extents, or "off". Default 1024.</summary>
+    public string ActivityLog { get; init; } = "1024";
+
     public static ServeOptions Load(string? configPath)
     {
         if (configPath is null)
@@ -172,7 +175,18 @@ internal sealed record ServeOptions
             throw new UserError($"--role: {ex.Message}");
         }
 
-        return new VolumeOptions { Name = Volume, ImagePath = ImagePath, SizeBytes = size, InitialRole = role };
+        int alExtents;
+        if (string.Equals(ActivityLog, "off", StringComparison.Ordinal))
+        {
+            alExtents = 0;
+        }
+        else if (!int.TryParse(ActivityLog, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out alExtents)
+            || alExtents is < VolumeOptions.MinActivityLogExtents or > MetaFile.MaxAlExtents)
+        {
+            throw new UserError($"--activity-log {ActivityLog}: use off or {VolumeOptions.MinActivityLogExtents}..{MetaFile.MaxAlExtents} extents of 4 MiB");
+        }
+
+        return new VolumeOptions { Name = Volume, ImagePath = ImagePath, SizeBytes = size, InitialRole = role, ActivityLogExtents = alExtents };
     }
 }
 

@@ -37,6 +37,9 @@ internal sealed record VolumeReport(
     DateTimeOffset? LastErrorAt,
     GenerationReport Generations,
     MissingReport? KnownMissing,
+    LastResyncReport? LastResync,
+    ActivityLogReport? ActivityLog,
+    bool DiscardMyData,
     VerifyReportJson? LastVerify)
 {
     public static VolumeReport From(VolumeStatus v) => new(
@@ -57,12 +60,15 @@ internal sealed record VolumeReport(
         v.Wire is { } w ? new WireReport((long)w.PayloadBytes, (long)w.WireBytes, (long)w.Batches, (long)w.Records,
             w.PayloadBytes == 0 ? 0 : Math.Round((double)w.WireBytes / w.PayloadBytes, 4),
             (long)w.ChecksumRequests, (long)w.ChecksumReplyBytes, (long)w.ChecksumEqualBytes) : null,
-        v.Resync is { } r ? new ResyncReport((long)r.TotalBytes, (long)r.DoneBytes, (long)r.BytesPerSecond, (long)r.EtaSeconds, r.Full) : null,
+        v.Resync is { } r ? new ResyncReport((long)r.TotalBytes, (long)r.DoneBytes, (long)r.BytesPerSecond, (long)r.EtaSeconds, r.Full, r.Reason) : null,
         (long)v.DirtyBytes,
         v.LastError.Length == 0 ? null : v.LastError,
         v.LastErrorUnixMs == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(v.LastErrorUnixMs),
         new GenerationReport(Hex(v.CurrentGeneration), Hex(v.BitmapGeneration), [.. v.HistoryGenerations.Select(Hex)]),
         v.Role == VolumeRole.Secondary ? new MissingReport((long)v.KnownMissingRecords, (long)v.KnownMissingBytes) : null,
+        v.LastResync is { } lr ? new LastResyncReport((long)lr.Bytes, Math.Round(lr.Seconds, 3), lr.Full, lr.Reason) : null,
+        v.ActivityLog is { } al ? new ActivityLogReport((int)al.HotExtents, (int)al.Capacity, (long)al.Transactions, (long)al.Evictions) : null,
+        v.DiscardMyData,
         v.LastVerify is { } verify ? VerifyReportJson.From(verify) : null);
 
     private static string Hex(ulong g) => g.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
@@ -79,7 +85,11 @@ internal sealed record ReplicationReport(
 internal sealed record WireReport(long PayloadBytes, long WireBytes, long Batches, long Records, double WireToPayload,
     long ChecksumRequests = 0, long ChecksumReplyBytes = 0, long ChecksumEqualBytes = 0);
 
-internal sealed record ResyncReport(long TotalBytes, long DoneBytes, long BytesPerSecond, long EtaSeconds, bool Full);
+internal sealed record ResyncReport(long TotalBytes, long DoneBytes, long BytesPerSecond, long EtaSeconds, bool Full, string Reason);
+
+internal sealed record LastResyncReport(long Bytes, double Seconds, bool Full, string Reason);
+
+internal sealed record ActivityLogReport(int HotExtents, int Capacity, long Transactions, long Evictions);
 
 internal sealed record GenerationReport(string Current, string Bitmap, IReadOnlyList<string> History);
 

@@ -7,9 +7,10 @@ namespace BlockRepl.Core.Replication;
 /// </summary>
 /// <remarks>
 /// 4 KiB per bit, as DRBD: a 4 KiB random write dirties exactly one chunk, so a resync after a short outage
-/// sends what was written and nothing more; the cost is 32 KiB of memory per GiB of volume. Not thread-safe:
-/// <see cref="PeerLink"/> guards it with its lock. Kept in memory only (a restart loses it and the generations
-/// force a full resync instead); persistence is the activity-log/bitmap work of the next issue.
+/// sends what was written and nothing more; the cost is 32 KiB of memory per GiB of volume, and the same on disk
+/// in <c>NAME.meta</c>, where one 4 KiB page covers 128 MiB of volume (32 activity-log extents), so flushing the
+/// bits of an extent leaving the activity log is a single page write. Not thread-safe: <see cref="PeerLink"/>
+/// guards it with its lock and persists it (<see cref="ActivityLog"/> says when).
 /// </remarks>
 public sealed class DirtyBitmap
 {
@@ -77,6 +78,107 @@ public sealed class DirtyBitmap
         }
     }
 
+    /// <summary>The words, 64 chunks each (for persistence).</summary>
+    internal ulong[] Words => _words;
+
+    /// <summary>Sets every bit set in <paramref name="words"/> (a persisted or received bitmap).</summary>
+    public void Or(ReadOnlySpan<ulong> words)
+    {
+        var n = Math.Min(words.Length, _words.Length);
+        for (var i = 0; i < n; i++)
+        {
+            _words[i] |= words[i];
+        }
+
+        var spare = (int)((_words.Length << 6) - _chunks);
+        if (spare > 0)
+        {
+            _words[^1] &= ulong.MaxValue >> spare;
+        }
+
+        _dirty = 0;
+        foreach (var w in _words)
+        {
+            _dirty += BitOperations.PopCount(w);
+        }
+    }
+
+    /// <summary>
+    /// The dirty runs as (first chunk, chunk count) pairs, at most <paramref name="maxPairs"/>: when there are
+    /// more, runs are widened to coarser units (a superset, never fewer bits).
+    /// </summary>
+    public List<ulong> EncodeRuns(int maxPairs)
+    {
+        for (long unit = 1; ; unit *= 8)
+        {
+            var runs = new List<ulong>();
+            var fits = true;
+            long chunk;
+            long from = 0;
+            while ((chunk = FindSet(from)) >= 0)
+            {
+                var start = chunk / unit;
+                var end = start + 1;
+                while (end * unit < _chunks)
+                {
+                    var p = end * unit;
+                    if (IsSet(p))
+                    {
+                        end = (FindClear(p) + unit - 1) / unit;
+                        continue;
+                    }
+
+                    var set = FindSet(p);
+                    if (set >= 0 && set < p + unit)
+                    {
+                        end++;
+                        continue;
+                    }
+
+                    break;
+                }
+
+                if (runs.Count / 2 >= maxPairs)
+                {
+                    fits = false;
+                    break;
+                }
+
+                var first = start * unit;
+                var last = Math.Min(_chunks, end * unit);
+                runs.Add((ulong)first);
+                runs.Add((ulong)(last - first));
+                from = last;
+                if (from >= _chunks)
+                {
+                    break;
+                }
+            }
+
+            if (fits)
+            {
+                return runs;
+            }
+        }
+    }
+
+    /// <summary>Marks runs produced by <see cref="EncodeRuns"/> (bounds checked: a run past the end is clipped).</summary>
+    public void MarkRuns(IReadOnlyList<ulong> runs)
+    {
+        for (var i = 0; i + 1 < runs.Count; i += 2)
+        {
+            var first = runs[i];
+            var count = runs[i + 1];
+            if (first >= (ulong)_chunks || count == 0)
+            {
+                continue;
+            }
+
+            var end = Math.Min((ulong)_chunks, first + Math.Min(count, (ulong)_chunks));
+            Mark((long)first << ChunkShift, (long)(end - first) << ChunkShift);
+        }
+    }
+
     public void MarkAll()
     {
         Array.Fill(_words, ulong.MaxValue);
@@ -134,6 +236,25 @@ public sealed class DirtyBitmap
         offset = start << ChunkShift;
         length = (int)(Math.Min(_sizeBytes, chunk << ChunkShift) - offset);
         return true;
+    }
+
+    /// <summary>The first clean chunk at or after <paramref name="fromChunk"/>, or the chunk count.</summary>
+    private long FindClear(long fromChunk)
+    {
+        var chunk = fromChunk;
+        while (chunk < _chunks)
+        {
+            var index = (int)(chunk >> 6);
+            var word = ~_words[index] & (ulong.MaxValue << (int)(chunk & 63));
+            if (word != 0)
+            {
+                return Math.Min(_chunks, ((long)index << 6) + BitOperations.TrailingZeroCount(word));
+            }
+
+            chunk = (long)(index + 1) << 6;
+        }
+
+        return _chunks;
     }
 
     private long FindSet(long fromChunk)

@@ -65,7 +65,15 @@ public readonly record struct ReplicationSnapshot(
     double ResyncElapsedSeconds,
     long AheadCount,
     long Connects,
-    long Disconnects);
+    long Disconnects,
+    string ResyncReason = "",
+    long LastResyncBytes = 0,
+    double LastResyncSeconds = 0,
+    string LastResyncReason = "",
+    bool LastResyncFull = false,
+    int ActivityLogHot = 0,
+    long ActivityLogTransactions = 0,
+    long ActivityLogEvictions = 0);
 
 /// <summary>
 /// The primary's side of one peer: sequence numbers, the bounded send queue, sent-but-not-durable records,
@@ -122,6 +130,13 @@ internal sealed partial class PeerLink
     private bool _drainedAtClose;
     private long _connects;
     private long _disconnects;
+    private ulong _lastResyncSeq;
+    private string _resyncReason = "";
+    private (long Bytes, double Seconds, string Reason, bool Full) _lastResync;
+    private MetaFile? _meta;
+    private ActivityLog? _al;
+    private ulong[]? _onDisk;
+    private readonly Lock _persistGate = new();
 
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
@@ -133,6 +148,159 @@ internal sealed partial class PeerLink
     }
 
     public ReplicationMode Mode { get; }
+
+    /// <summary>
+    /// Makes the bitmap persistent in <paramref name="meta"/>: loads the bits saved there (ORed into memory) and
+    /// binds the activity log, which decides when pages are written. Called once, before the first write.
+    /// </summary>
+    public void AttachStore(MetaFile meta, ActivityLog? al)
+    {
+        lock (_gate)
+        {
+            _meta = meta;
+            _al = al;
+            _onDisk = new ulong[_bitmap.Words.Length];
+            meta.ReadBitmap(_onDisk);
+            _bitmap.Or(_onDisk);
+        }
+
+        al?.Bind(() => SafeSeq, PersistExtents);
+    }
+
+    /// <summary>Marks whole activity-log extents dirty (after a crash: what the log names may differ anywhere).</summary>
+    public void MarkExtents(IEnumerable<uint> extents)
+    {
+        lock (_gate)
+        {
+            foreach (var e in extents)
+            {
+                _bitmap.Mark((long)e << MetaFile.ExtentShift, MetaFile.ExtentBytes);
+            }
+
+            _holesMaySkip = false;
+        }
+    }
+
+    /// <summary>
+    /// Every record with a seq at or below this is durable on the peer or recorded in the bitmap: an activity-log
+    /// extent whose records are all at or below it may leave the log once its bitmap page is on disk.
+    /// </summary>
+    public ulong SafeSeq
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _streaming ? _durable : _nextSeq - 1;
+            }
+        }
+    }
+
+    /// <summary>The seq of the last record assigned. Read under the volume's ordering lock, which every assignment holds.</summary>
+    public ulong LastAssignedSeq => Volatile.Read(ref _nextSeq) - 1;
+
+    /// <summary>Writes the bitmap pages holding <paramref name="extents"/>' bits (not synced: the caller syncs).</summary>
+    public void PersistExtents(IReadOnlyList<uint> extents)
+    {
+        const int wordsPerExtent = (int)(MetaFile.ExtentBytes >> DirtyBitmap.ChunkShift) / 64;
+        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
+        var pages = extents.Select(e => (long)e * wordsPerExtent / wordsPerPage).Distinct().Order();
+        PersistPages(pages);
+    }
+
+    /// <summary>Writes every bitmap page that differs from what is on disk, then syncs.</summary>
+    public void PersistAll()
+    {
+        if (_meta is null)
+        {
+            return;
+        }
+
+        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
+        PersistPages(Enumerable.Range(0, (_bitmap.Words.Length + wordsPerPage - 1) / wordsPerPage).Select(p => (long)p));
+        _meta.Sync();
+    }
+
+    private void PersistPages(IEnumerable<long> pages)
+    {
+        if (_meta is null || _onDisk is null)
+        {
+            return;
+        }
+
+        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
+        var page = new ulong[wordsPerPage];
+        lock (_persistGate)
+        {
+            foreach (var p in pages)
+            {
+                var first = (int)(p * wordsPerPage);
+                var count = Math.Min(wordsPerPage, _bitmap.Words.Length - first);
+                if (count <= 0)
+                {
+                    continue;
+                }
+
+                bool changed;
+                lock (_gate)
+                {
+                    // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
+                    // records (whose bits were cleared when taken) are still short of durable on the peer.
+                    var mayClear = !_streaming || (!_resyncActive && _durable >= _lastResyncSeq);
+                    changed = false;
+                    for (var i = 0; i < count; i++)
+                    {
+                        var value = _bitmap.Words[first + i] | (mayClear ? 0 : _onDisk[first + i]);
+                        changed |= value != _onDisk[first + i];
+                        page[i] = value;
+                    }
+
+                    if (changed)
+                    {
+                        page.AsSpan(0, count).CopyTo(_onDisk.AsSpan(first));
+                    }
+                }
+
+                if (changed)
+                {
+                    _meta.WriteBitmap(page.AsSpan(0, count), first);
+                }
+            }
+        }
+    }
+
+    /// <summary>This node's dirty runs, for a peer about to resync this node (it ORs them into its own bitmap).</summary>
+    public List<ulong> DirtyRuns(int maxPairs)
+    {
+        lock (_gate)
+        {
+            return _bitmap.EncodeRuns(maxPairs);
+        }
+    }
+
+    /// <summary>Marks a peer's dirty runs: ranges the peer changed that this node must send back over them.</summary>
+    public void MarkRuns(IReadOnlyList<ulong> runs)
+    {
+        lock (_gate)
+        {
+            _bitmap.MarkRuns(runs);
+            if (runs.Count > 0)
+            {
+                _holesMaySkip = false;
+            }
+        }
+    }
+
+    /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
+    public void ClearAllAndPersist()
+    {
+        lock (_gate)
+        {
+            _bitmap.Clear();
+        }
+
+        PersistAll();
+    }
 
     public PeerLossPolicy OnPeerLoss { get; }
 
@@ -380,10 +548,11 @@ internal sealed partial class PeerLink
     /// of the peer was cut short), the resync's Begin marker is queued here, under the same lock that opened
     /// the gate, so no new write can reach the peer ahead of it. Returns true when a resync must run.
     /// </summary>
-    public bool StreamAccepted(bool fullResync, bool targetFresh = false, bool peerInconsistent = false)
+    public bool StreamAccepted(bool fullResync, bool targetFresh = false, bool peerInconsistent = false, string reason = "")
     {
         lock (_gate)
         {
+            _resyncReason = reason;
             _accepted = true;
             _connects++;
             _holesMaySkip = targetFresh;
@@ -482,6 +651,8 @@ internal sealed partial class PeerLink
             ReleaseAllLocked(_spaceWaiters);
             WakeShipperLocked();
         }
+
+        _al?.NotifyProgress();
     }
 
     /// <summary>
@@ -603,6 +774,7 @@ internal sealed partial class PeerLink
             _ahead = false;
             if (!_resyncActive && !_bitmap.IsEmpty)
             {
+                _resyncReason = "async link drained after running ahead: the dropped writes";
                 BeginResyncLocked(full: false);
             }
         }
@@ -655,8 +827,10 @@ internal sealed partial class PeerLink
             }
 
             ReleaseBlockedIfDurableLocked();
-            return true;
         }
+
+        _al?.NotifyProgress();
+        return true;
     }
 
     private void ReleaseBlockedIfDurableLocked()
@@ -757,6 +931,8 @@ internal sealed partial class PeerLink
             {
                 EnqueueRecordLocked(JournalRecordKind.Write, offset, data.Length, data, fua: false, waiter: false);
             }
+
+            _lastResyncSeq = _nextSeq - 1;
         }
     }
 
@@ -779,6 +955,7 @@ internal sealed partial class PeerLink
             }
 
             _queue.Enqueue(new LinkItem { Marker = new LinkMarker(false, _resyncTotal, _resyncFull, generation), EnqueuedAt = Stopwatch.GetTimestamp() });
+            _lastResync = (_resyncDone, Stopwatch.GetElapsedTime(_resyncStarted).TotalSeconds, _resyncReason, _resyncFull);
             _holesMaySkip = false; // only the first sync of a fresh target may skip holes
             WakeShipperLocked();
             return true;
@@ -844,6 +1021,7 @@ internal sealed partial class PeerLink
 
     public ReplicationSnapshot Snapshot()
     {
+        var al = _al?.Stats ?? default;
         lock (_gate)
         {
             long queuedRecords = 0;
@@ -897,7 +1075,15 @@ internal sealed partial class PeerLink
                 ResyncElapsedSeconds: _resyncStarted == 0 ? 0 : Stopwatch.GetElapsedTime(_resyncStarted, now).TotalSeconds,
                 AheadCount: _aheadCount,
                 Connects: _connects,
-                Disconnects: _disconnects);
+                Disconnects: _disconnects,
+                ResyncReason: _resyncReason,
+                LastResyncBytes: _lastResync.Bytes,
+                LastResyncSeconds: _lastResync.Seconds,
+                LastResyncReason: _lastResync.Reason ?? "",
+                LastResyncFull: _lastResync.Full,
+                ActivityLogHot: al.Hot,
+                ActivityLogTransactions: al.Transactions,
+                ActivityLogEvictions: al.Evictions);
         }
     }
 

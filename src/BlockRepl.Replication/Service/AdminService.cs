@@ -23,6 +23,7 @@ internal sealed class AdminService(
     public const string PromotePath = "/blockrepl.v1.Admin/Promote";
     public const string DemotePath = "/blockrepl.v1.Admin/Demote";
     public const string VerifyPath = "/blockrepl.v1.Admin/Verify";
+    public const string ResolvePath = "/blockrepl.v1.Admin/Resolve";
 
     private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
@@ -130,6 +131,24 @@ internal sealed class AdminService(
         return report;
     }
 
+    public Task<ResolveReply> ResolveAsync(ResolveRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var v = Single(request.Volume);
+        if (!request.DiscardMyData)
+        {
+            return Task.FromResult(new ResolveReply { Done = false, Reason = "resolve needs --discard-my-data: run it on the node whose changes are to be discarded" });
+        }
+
+        var volume = v.Volume;
+        var wasPrimary = volume.Role == Core.VolumeRole.Primary;
+        var result = volume.ResolveDiscardMyData();
+        var closed = wasPrimary ? v.CloseClients() : 0;
+        ReplicationLog.Info(logger, volume.Name,
+            $"resolve --discard-my-data: now secondary, {result.MissingBytes} bytes of own changes to be overwritten by the peer ({result.Reason} resync at the next connection); {closed} clients closed");
+        return Task.FromResult(new ResolveReply { Done = true, Plan = result.Reason, OwnDirtyBytes = result.MissingBytes });
+    }
+
     private void EnsureAdminEndpoint(ServerCallContext context)
     {
         if (replicationPort is { } port
@@ -187,6 +206,7 @@ internal sealed class AdminService(
             },
         };
         status.HistoryGenerations.AddRange(g.History);
+        status.DiscardMyData = volume.DiscardMyData;
         foreach (var c in volume.Clients)
         {
             status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });
@@ -231,6 +251,22 @@ internal sealed class AdminService(
             }
 
             status.DirtyBytes = (ulong)r.DirtyBytes;
+            if (r.LastResyncSeconds > 0 || r.LastResyncBytes > 0)
+            {
+                status.LastResync = new LastResync { Bytes = (ulong)r.LastResyncBytes, Seconds = r.LastResyncSeconds, Full = r.LastResyncFull, Reason = r.LastResyncReason };
+            }
+
+            if (volume.ActivityLogCapacity > 0)
+            {
+                status.ActivityLog = new ActivityLogStatus
+                {
+                    HotExtents = (uint)r.ActivityLogHot,
+                    Capacity = (uint)volume.ActivityLogCapacity,
+                    Transactions = (ulong)r.ActivityLogTransactions,
+                    Evictions = (ulong)r.ActivityLogEvictions,
+                };
+            }
+
             if (r.ResyncActive)
             {
                 var rate = r.ResyncElapsedSeconds > 0 ? r.ResyncDoneBytes / r.ResyncElapsedSeconds : 0;
@@ -242,6 +278,7 @@ internal sealed class AdminService(
                     BytesPerSecond = (ulong)rate,
                     EtaSeconds = rate > 0 ? (ulong)Math.Ceiling(left / rate) : 0,
                     Full = r.ResyncFull,
+                    Reason = r.ResyncReason,
                 };
             }
         }

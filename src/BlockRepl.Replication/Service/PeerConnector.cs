@@ -178,7 +178,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         var full = reply.Plan == SyncPlan.FullResync;
         link.PeerChecksums = (reply.Features & (uint)ReceiverFeature.Checksums) != 0;
         var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
-            peerInconsistent: reply.Disk == V1.DiskState.Inconsistent);
+            peerInconsistent: reply.Disk == V1.DiskState.Inconsistent, peerDirtyRuns: reply.DirtyRuns, reason: $"{reply.Plan}: {reply.Message}");
         var decision = $"{reply.Plan}: {reply.Message}";
         ReplicationLog.Connected(_log, _volume.Name, Peer, decision);
 

@@ -208,6 +208,9 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         await old.Done.WaitAsync(TimeSpan.FromSeconds(30), token).ConfigureAwait(false);
     }
 
+    /// <summary>At most this many dirty runs go in a handshake reply (about 2 MiB); more are widened (a superset).</summary>
+    private const int MaxDirtyPairs = 128 * 1024;
+
     private (HandshakeReply Reply, Volume? Volume, string Decision) Decide(Handshake h)
     {
         HandshakeReply Refuse(RefuseReason reason, string message, Volume? v = null) =>
@@ -263,7 +266,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 return (Refuse(RefuseReason.PeerIsNewer, $"volume {volume.Name}: {why}", volume), volume, "");
             case SyncDecision.SplitBrain:
                 volume.SetSplitBrain(true);
-                return (Refuse(RefuseReason.SplitBrain, $"volume {volume.Name}: {why}; no data touched; to end it, stop the node whose writes are to be discarded and move its image and .meta aside: it rejoins as a fresh secondary (resolve --discard-my-data is not built yet)", volume), volume, "");
+                return (Refuse(RefuseReason.SplitBrain, $"volume {volume.Name}: {why}; no data touched; to end it, run `blockrepl resolve --discard-my-data` on the node whose writes are to be discarded", volume), volume, "");
             case SyncDecision.Unrelated:
                 return (Refuse(RefuseReason.Unrelated, $"volume {volume.Name}: {why}", volume), volume, "");
         }
@@ -274,8 +277,20 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             SyncDecision.BitmapResync => SyncPlan.BitmapResync,
             _ => SyncPlan.FullResync,
         };
+
+        // Ranges this node changed itself (it crashed or stepped down as primary, or discards its data): the
+        // sender adds them to its bitmap so the resync overwrites them too.
+        var ownRuns = plan == SyncPlan.FullResync ? [] : volume.OwnDirtyRuns(MaxDirtyPairs);
+        if (plan == SyncPlan.InSync && ownRuns.Count > 0)
+        {
+            plan = SyncPlan.BitmapResync;
+            why += $"; but this node names {ownRuns.Count / 2} ranges it changed itself: bitmap resync of those";
+        }
+
         var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why, Features = (uint)ReceiverFeature.Checksums }, volume);
         reply.Fresh = mine.Generations.Fresh;
+        reply.DirtyRuns.AddRange(ownRuns);
+        reply.DiscardMyData = mine.Generations.DiscardMyData;
         volume.SetSplitBrain(false);
         return (reply, volume, why);
     }

@@ -5,8 +5,34 @@ namespace BlockRepl.Tests.Unit.Replication;
 /// <summary>Every row of the generations table of DESIGN.md, seen from the sending node.</summary>
 public sealed class GenerationRulesTests
 {
-    private static GenerationInfo Node(ulong current, ulong bitmap = 0, ulong[]? history = null, bool fresh = false, bool needsFull = false) =>
-        new(current, bitmap, history ?? [], fresh, needsFull);
+    private static GenerationInfo Node(ulong current, ulong bitmap = 0, ulong[]? history = null, bool fresh = false, bool needsFull = false, bool discard = false) =>
+        new(current, bitmap, history ?? [], fresh, needsFull, discard);
+
+    [Fact]
+    public void SplitBrainVictimDiscards_SameBitmapBase_BitmapResync() =>
+        // Survivor B (current 0xC, bitmap from 0xA) and victim A (current 0xB, bitmap from 0xA): both bitmaps count from 0xA.
+        Assert.Equal(SyncDecision.BitmapResync,
+            GenerationRules.Decide(Node(0xC, bitmap: 0xA, history: [0xA]), Node(0xB, bitmap: 0xA, history: [0xA], discard: true)).Decision);
+
+    [Fact]
+    public void VictimDiscards_SenderNeverMoved_BitmapResync() =>
+        Assert.Equal(SyncDecision.BitmapResync,
+            GenerationRules.Decide(Node(0xA), Node(0xB, bitmap: 0xA, history: [0xA], discard: true)).Decision);
+
+    [Fact]
+    public void VictimDiscards_BasesDiffer_FullResync() =>
+        Assert.Equal(SyncDecision.FullResync,
+            GenerationRules.Decide(Node(0xD, bitmap: 0xC, history: [0xC, 0xA]), Node(0xB, bitmap: 0xA, history: [0xA], discard: true)).Decision);
+
+    [Fact]
+    public void VictimDiscards_ButMayHoldUnnamedWrites_FullResync() =>
+        Assert.Equal(SyncDecision.FullResync,
+            GenerationRules.Decide(Node(0xC, bitmap: 0xA, history: [0xA]), Node(0xB, bitmap: 0xA, history: [0xA], needsFull: true, discard: true)).Decision);
+
+    [Fact]
+    public void VictimDiscards_NoCommonGeneration_StillUnrelated() =>
+        Assert.Equal(SyncDecision.Unrelated,
+            GenerationRules.Decide(Node(0xC, bitmap: 0xE, history: [0xE]), Node(0xB, bitmap: 0xA, history: [0xA], discard: true)).Decision);
 
     [Fact]
     public void FreshReceiver_FullSync() =>

@@ -1,0 +1,366 @@
+namespace BlockRepl.Core.Replication;
+
+/// <summary>
+/// The activity log: the set of 4 MiB extents that may hold writes the peer does not have durably, persisted in
+/// <c>NAME.meta</c> before a write lands in an extent that was not in it. After a crash of the primary, the extents
+/// it names plus the persisted bitmap are exactly what the next resync must send (DRBD's AL).
+/// </summary>
+/// <remarks>
+/// <para>A write first <see cref="TryAcquire"/>s (fast path: every extent it touches is already logged: a counter
+/// under a lock, no I/O) or <see cref="AcquireAsync"/>s its extents, then, after its record got a sequence number,
+/// <see cref="Release"/>s them with that number. An extent may leave the log only when no write holds it and every
+/// record in it is durable on the peer or recorded in the in-memory bitmap (its last seq &lt;= the link's
+/// <see cref="PeerLink.SafeSeq"/>); its bitmap page is then written and made durable before the log that drops it.
+/// So at every instant, a range that may differ on the peer is in a logged extent or set in the on-disk bitmap.</para>
+/// <para>Transactions are group commits: whoever finds extents waiting writes one log slot for all of them (and one
+/// bitmap flush for all the extents it evicts); least recently used extents are evicted first. A full log whose
+/// extents all still hold unacknowledged records makes new extents wait for the peer's acks, which bounds how far an
+/// async peer can lag to the logged area, as in DRBD.</para>
+/// </remarks>
+internal sealed class ActivityLog
+{
+    private readonly Lock _gate = new();
+    private readonly Slot[] _slots;
+    private readonly int _capacity;
+    private readonly MetaFile _meta;
+    private readonly List<Waiter> _waiters = [];
+    private readonly HashSet<uint> _pending = [];
+    private readonly int _extentCount;
+    private int _hot;
+    private long _clock;
+    private bool _committing;
+    private volatile bool _hasWaiters;
+    private long _transactions;
+    private long _evictions;
+    private Func<ulong> _safeSeq = () => ulong.MaxValue;
+    private Action<IReadOnlyList<uint>> _persistBitmap = _ => { };
+
+    private struct Slot
+    {
+        public int Refs;
+        public bool Hot;
+        public ulong LastSeq;
+        public long LastUse;
+    }
+
+    private sealed record Waiter(uint First, uint Last, TaskCompletionSource Done);
+
+    public ActivityLog(long sizeBytes, int capacity, MetaFile meta, IEnumerable<uint> logged)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, MinCapacity);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(capacity, MetaFile.MaxAlExtents);
+        _capacity = capacity;
+        _meta = meta;
+        _extentCount = (int)((sizeBytes + MetaFile.ExtentBytes - 1) >> MetaFile.ExtentShift);
+        _slots = new Slot[_extentCount];
+        foreach (var extent in logged)
+        {
+            if (extent < _extentCount && !_slots[extent].Hot && _hot < capacity)
+            {
+                _slots[extent].Hot = true;
+                _hot++;
+            }
+        }
+    }
+
+    /// <summary>The smallest log: enough for the largest single request Volume lets through (see <see cref="MaxRequestExtents"/>).</summary>
+    public const int MinCapacity = VolumeOptions.MinActivityLogExtents;
+
+    /// <summary>Volume splits trims and zero ranges so one request never holds more extents than this.</summary>
+    public const int MaxRequestExtents = 16;
+
+    public int Capacity => _capacity;
+
+    /// <summary>Connects the log to the link: its safe seq and its bitmap flush (set once, before the first write).</summary>
+    public void Bind(Func<ulong> safeSeq, Action<IReadOnlyList<uint>> persistBitmap)
+    {
+        _safeSeq = safeSeq;
+        _persistBitmap = persistBitmap;
+    }
+
+    public (int Hot, long Transactions, long Evictions) Stats
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return (_hot, _transactions, _evictions);
+            }
+        }
+    }
+
+    /// <summary>The extents the log names now (for tests and status).</summary>
+    public uint[] HotExtents()
+    {
+        lock (_gate)
+        {
+            return HotLocked();
+        }
+    }
+
+    /// <summary>Fast path: when every extent of the range is logged, holds them and returns true.</summary>
+    public bool TryAcquire(long offset, long length)
+    {
+        var (first, last) = Span(offset, length);
+        lock (_gate)
+        {
+            for (var e = first; e <= last; e++)
+            {
+                if (!_slots[e].Hot)
+                {
+                    return false;
+                }
+            }
+
+            var now = ++_clock;
+            for (var e = first; e <= last; e++)
+            {
+                _slots[e].Refs++;
+                _slots[e].LastUse = now;
+            }
+
+            return true;
+        }
+    }
+
+    /// <summary>Holds the range's extents, completing once every one of them is in the durable log.</summary>
+    public Task AcquireAsync(long offset, long length)
+    {
+        var (first, last) = Span(offset, length);
+        Task wait;
+        lock (_gate)
+        {
+            var now = ++_clock;
+            var missing = false;
+            for (var e = first; e <= last; e++)
+            {
+                _slots[e].Refs++;
+                _slots[e].LastUse = now;
+                if (!_slots[e].Hot)
+                {
+                    _pending.Add(e);
+                    missing = true;
+                }
+            }
+
+            if (!missing)
+            {
+                return Task.CompletedTask;
+            }
+
+            var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiters.Add(new Waiter(first, last, tcs));
+            _hasWaiters = true;
+            wait = tcs.Task;
+        }
+
+        Commit();
+        return wait;
+    }
+
+    /// <summary>The write is done locally; its last record in the range got <paramref name="seq"/> (0: no record).</summary>
+    public void Release(long offset, long length, ulong seq)
+    {
+        var (first, last) = Span(offset, length);
+        lock (_gate)
+        {
+            for (var e = first; e <= last; e++)
+            {
+                _slots[e].Refs--;
+                if (seq > _slots[e].LastSeq)
+                {
+                    _slots[e].LastSeq = seq;
+                }
+            }
+        }
+
+        if (_hasWaiters)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static log => log.Commit(), this, preferLocal: false);
+        }
+    }
+
+    /// <summary>The link's safe seq moved (acks, or a stream closed): waiting extents may find room now.</summary>
+    public void NotifyProgress()
+    {
+        if (_hasWaiters)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static log => log.Commit(), this, preferLocal: false);
+        }
+    }
+
+    /// <summary>Empties the log (a clean stop, after the whole bitmap was persisted). Durable when it returns.</summary>
+    public void Clear()
+    {
+        lock (_gate)
+        {
+            for (var e = 0; e < _slots.Length; e++)
+            {
+                if (_slots[e].Refs == 0)
+                {
+                    _slots[e].Hot = false;
+                }
+            }
+
+            _hot = _slots.Count(s => s.Hot);
+            _meta.WriteActivityLog(HotLocked());
+        }
+
+        _meta.Sync();
+    }
+
+    /// <summary>
+    /// Writes one transaction for the extents waiting, evicting the least recently used idle ones when the log
+    /// is full. Runs on whichever thread finds work; one at a time.
+    /// </summary>
+    private void Commit()
+    {
+        while (true)
+        {
+            List<uint> admitted;
+            List<uint> victims;
+            uint[] image;
+            lock (_gate)
+            {
+                if (_committing || _pending.Count == 0)
+                {
+                    return;
+                }
+
+                var room = _capacity - _hot;
+                victims = [];
+                if (_pending.Count > room)
+                {
+                    victims = ChooseVictimsLocked(_pending.Count - room);
+                    foreach (var v in victims)
+                    {
+                        _slots[v].Hot = false; // no new write may enter it until it is logged again
+                        _hot--;
+                    }
+
+                    room += victims.Count;
+                }
+
+                if (room <= 0)
+                {
+                    return; // every logged extent still has records in flight: the next ack or release retries
+                }
+
+                admitted = [.. _pending.Take(room)];
+                image = [.. HotLocked(), .. admitted];
+                _committing = true;
+            }
+
+            try
+            {
+                if (victims.Count > 0)
+                {
+                    // The evicted extents' dirty bits must be on disk before the log stops naming them.
+                    _persistBitmap(victims);
+                    _meta.Sync();
+                }
+
+                _meta.WriteActivityLog(image);
+                _meta.Sync();
+            }
+            catch (Exception ex)
+            {
+                lock (_gate)
+                {
+                    _committing = false;
+                    FailWaitersLocked(ex);
+                }
+
+                return;
+            }
+
+            lock (_gate)
+            {
+                _transactions++;
+                _evictions += victims.Count;
+                foreach (var e in admitted)
+                {
+                    _pending.Remove(e);
+                    _slots[e].Hot = true;
+                    _hot++;
+                }
+
+                _committing = false;
+                ReleaseWaitersLocked();
+            }
+        }
+    }
+
+    private List<uint> ChooseVictimsLocked(int wanted)
+    {
+        var safe = _safeSeq();
+        var candidates = new List<(long LastUse, uint Extent)>();
+        for (var e = 0; e < _slots.Length; e++)
+        {
+            ref var s = ref _slots[e];
+            if (s.Hot && s.Refs == 0 && s.LastSeq <= safe)
+            {
+                candidates.Add((s.LastUse, (uint)e));
+            }
+        }
+
+        candidates.Sort();
+        return [.. candidates.Take(wanted).Select(c => c.Extent)];
+    }
+
+    private void ReleaseWaitersLocked()
+    {
+        for (var i = _waiters.Count - 1; i >= 0; i--)
+        {
+            var w = _waiters[i];
+            var ready = true;
+            for (var e = w.First; e <= w.Last && ready; e++)
+            {
+                ready = _slots[e].Hot;
+            }
+
+            if (ready)
+            {
+                _waiters.RemoveAt(i);
+                w.Done.TrySetResult();
+            }
+        }
+
+        _hasWaiters = _waiters.Count > 0;
+    }
+
+    private void FailWaitersLocked(Exception ex)
+    {
+        var error = new BlockImageException($"activity log update in {_meta.Path} failed: {ex.Message}", Native.LibC.EIO, ex);
+        foreach (var w in _waiters)
+        {
+            w.Done.TrySetException(error);
+        }
+
+        _waiters.Clear();
+        _pending.Clear();
+        _hasWaiters = false;
+    }
+
+    private uint[] HotLocked()
+    {
+        var hot = new uint[_hot];
+        var n = 0;
+        for (var e = 0; e < _slots.Length && n < hot.Length; e++)
+        {
+            if (_slots[e].Hot)
+            {
+                hot[n++] = (uint)e;
+            }
+        }
+
+        return hot;
+    }
+
+    private (uint First, uint Last) Span(long offset, long length)
+    {
+        var first = (uint)(offset >> MetaFile.ExtentShift);
+        var last = (uint)((offset + Math.Max(1, length) - 1) >> MetaFile.ExtentShift);
+        return (first, Math.Min(last, (uint)_extentCount - 1));
+    }
+}
