@@ -35,6 +35,9 @@ internal sealed class ChecksumProbe(long offset, int length, int chunkBytes, boo
     /// <summary>The peer's hashes; fails when the stream ends first.</summary>
     public TaskCompletionSource<byte[]> PeerHashes { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>The last seq assigned when the probe was queued: the peer hashed after applying it and before any later one.</summary>
+    public ulong SeqBefore { get; set; }
+
     /// <summary>Resync only: guarded by the link's lock; true once compared, or returned to the bitmap by a stream close.</summary>
     public bool Settled { get; set; }
 }
@@ -138,6 +141,7 @@ internal sealed partial class PeerLink
             }
 
             probe.Id = ++_nextProbeId;
+            probe.SeqBefore = _nextSeq - 1;
             _probes.Add(probe.Id, probe);
             _probesSent++;
             _queue.Enqueue(new LinkItem { Probe = probe, EnqueuedAt = Stopwatch.GetTimestamp() });
@@ -190,6 +194,10 @@ internal sealed partial class PeerLink
                 _holesMaySkip = false; // the peer holds data here: a hole on this side must go over as a zero range
             }
 
+            // The equal chunks' bits are clear in memory now. On disk they may clear only once the peer's copy is
+            // durable: the peer made it durable with the first fdatasync it ran after hashing, which a durable ack
+            // of any record after the probe proves (a superset stays on disk until then, never less).
+            _lastResyncSeq = Math.Max(_lastResyncSeq, probe.SeqBefore + 1);
             _resyncDone += probe.Length - differ;
             _probeEqualBytes += probe.Length - differ;
         }
