@@ -155,6 +155,30 @@ public sealed class VerifyTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Verify_PeerAwayOrDirty_RefusedWithOneLineReason_StatusKeepsIt()
+    {
+        Tool.Require("qemu-io");
+        await using var pair = await ReplicaPair.StartAsync("sync", "32M");
+        await pair.B!.StopAsync();
+        await ReplicaPair.WaitForAsync(pair.A!, v => ReplicaPair.Str(v, "connection") == "connecting", "the primary without its peer");
+        var away = await ReplicaPair.CliAsync(pair.A!, "verify");
+        Assert.True(away.ExitCode == 1 && away.Stderr.StartsWith("blockrepl: verify refused: the peer is not connected", StringComparison.Ordinal),
+            $"verify without a peer: {away}");
+
+        // A write while the peer is away is dirty: the images differ legitimately until the resync, so verify waits for it.
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x31 0 64k"], Tool.DefaultTimeout)).EnsureSuccess();
+        var dirty = await ReplicaPair.CliAsync(pair.A!, "verify");
+        Assert.True(dirty.ExitCode == 1 && dirty.Stderr.Contains("a resync is due or running", StringComparison.Ordinal), $"verify with dirty ranges: {dirty}");
+        var status = await ReplicaPair.VolumeAsync(pair.A!);
+        Assert.Contains("a resync is due or running", status.GetProperty("lastVerify").GetProperty("error").GetString(), StringComparison.Ordinal);
+
+        await pair.StartNodeAsync('b', "secondary");
+        await ReplicaPair.WaitInSyncAsync(pair.A!);
+        var ok = await ReplicaPair.CliAsync(pair.A!, "verify");
+        Assert.True(ok.ExitCode == 0 && ok.Stdout.Contains("identical", StringComparison.Ordinal), $"verify after the resync: {ok}");
+    }
+
+    [Fact]
     public async Task Verify_AsyncPairUnderRandomWritesEverywhere_NoFalsePositives()
     {
         // In async mode the primary's image runs ahead of the secondary's by whatever is queued; a verify that
