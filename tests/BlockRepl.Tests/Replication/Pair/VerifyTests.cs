@@ -191,10 +191,11 @@ public sealed class VerifyTests(ITestOutputHelper output)
         var load = Tool.RunAsync("fio",
         [
             "--name=load", "--ioengine=nbd", $"--uri=nbd+unix:///vol?socket={a.UnixSocketPath}", "--rw=randwrite", "--bs=4k", "--iodepth=32",
-            "--size=64M", "--time_based", "--runtime=10", "--randrepeat=0", "--output-format=json",
+            "--size=64M", "--time_based", "--runtime=15", "--randrepeat=0", "--output-format=json",
         ], Tool.DefaultTimeout);
         await Task.Delay(1000);
-        for (var i = 0; i < 3; i++)
+        var besideFio = 0;
+        for (var i = 0; i < 3 && !load.IsCompleted; i++)
         {
             var writesBefore = (await ReplicaPair.VolumeAsync(a)).GetProperty("counters").GetProperty("writes").GetInt64();
             var run = await VerifyAsync(a, "--chunk", "4K");
@@ -205,9 +206,11 @@ public sealed class VerifyTests(ITestOutputHelper output)
             Assert.True(run.Report.GetProperty("chunksCompared").GetInt64() + run.Report.GetProperty("dirtyChunksSkipped").GetInt64() == 16384,
                 $"not every 4 KiB chunk was accounted for: {run.Result}");
             Assert.True(writesAfter > writesBefore, "no write reached the primary while the verify ran");
+            besideFio += load.IsCompleted ? 0 : 1;
         }
 
-        Assert.False(load.IsCompleted, "fio ended before the verifies did");
+        // Each verify is three CLI processes (status, verify, status): on a busy machine fio may end during the third.
+        Assert.True(besideFio >= 2, $"only {besideFio} verifies ran from start to end beside fio");
         (await load).EnsureSuccess();
         await ReplicaPair.WaitInSyncAsync(a);
         var (hashA, hashB) = await pair.StopAndHashAsync();
