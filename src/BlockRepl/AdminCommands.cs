@@ -156,6 +156,82 @@ internal static class AdminCommands
         return 0;
     }
 
+    /// <summary>Exit codes of `verify` besides 0 (identical) and 1 (refused, failed, bad input).</summary>
+    public const int VerifyDiffer = 3;
+    public const int VerifyRepaired = 4;
+
+    public static async Task<int> VerifyAsync(AdminAddress admin, string? volume, string? chunk, bool repair, bool json, CancellationToken cancellationToken)
+    {
+        uint chunkBytes = 0;
+        if (chunk is not null)
+        {
+            long parsed;
+            try
+            {
+                parsed = ByteSize.Parse(chunk);
+            }
+            catch (FormatException ex)
+            {
+                throw new UserError($"--chunk: {ex.Message}");
+            }
+
+            if (parsed < 4096 || parsed > 1024 * 1024 || parsed % 4096 != 0)
+            {
+                throw new UserError($"--chunk {chunk}: expected a multiple of 4K from 4K to 1M");
+            }
+
+            chunkBytes = (uint)parsed;
+        }
+
+        // A verify reads both images whole: allow hours, not the usual seconds.
+        var reply = await CallAsync<VerifyRequest, VerifyReply>(admin, AdminService.VerifyPath,
+            new VerifyRequest { Volume = volume ?? "", ChunkBytes = chunkBytes, Repair = repair }, TimeSpan.FromHours(12), cancellationToken).ConfigureAwait(false);
+        var report = VerifyReportJson.From(reply.Report ?? new VerifyReport { Error = reply.Reason });
+        if (json)
+        {
+            Console.Out.Write(JsonSerializer.Serialize(report, StatusJsonContext.Default.VerifyReportJson) + "\n");
+        }
+
+        if (!reply.Done)
+        {
+            throw new UserError($"verify {(report.BytesCompared == 0 ? "refused" : "failed")}: {reply.Reason}");
+        }
+
+        if (!json)
+        {
+            Console.Out.Write(FormatVerify(report));
+        }
+
+        return report.Differing.Count == 0 ? 0
+            : repair && report.Remaining is { Count: 0 } ? VerifyRepaired
+            : VerifyDiffer;
+    }
+
+    internal static string FormatVerify(VerifyReportJson r)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        var seconds = (r.FinishedAt - r.StartedAt).TotalSeconds;
+        var skipped = r.DirtyChunksSkipped > 0 ? $", {r.DirtyChunksSkipped} chunks dirty in the bitmap skipped" : "";
+        var outcome = r.Differing.Count == 0 ? "identical" : $"{r.Differing.Count} ranges differ ({ByteSize.Format(r.Differing.Sum(d => d.Length))})";
+        sb.AppendLine(ci, $"blockrepl: verified {ByteSize.Format(r.BytesCompared)} in {r.ChunksCompared} chunks of {ByteSize.Format(r.ChunkBytes)} in {seconds:F1} s{skipped}: {outcome}");
+        foreach (var d in r.Differing)
+        {
+            sb.AppendLine(ci, $"differ offset {d.Offset} length {d.Length}");
+        }
+
+        if (r.Repair && r.Differing.Count > 0 && r.Remaining is { } remaining)
+        {
+            sb.AppendLine(remaining.Count == 0 ? "repaired: the ranges were resynced and now match" : string.Create(ci, $"still differing after the repair: {remaining.Count} ranges"));
+            foreach (var d in remaining)
+            {
+                sb.AppendLine(ci, $"remaining offset {d.Offset} length {d.Length}");
+            }
+        }
+
+        return sb.ToString();
+    }
+
     private static async Task<TResponse> CallAsync<TRequest, TResponse>(AdminAddress admin, string path, TRequest request, TimeSpan timeout, CancellationToken cancellationToken)
         where TRequest : class, Google.Protobuf.IMessage<TRequest>
         where TResponse : class, Google.Protobuf.IMessage<TResponse>, new()
@@ -235,6 +311,14 @@ internal static class AdminCommands
             if (v.DiscardMyData)
             {
                 sb.AppendLine("  discarding its data: the next resync from the peer overwrites this node's changes");
+            }
+
+            if (v.LastVerify is { } lv)
+            {
+                var outcome = lv.Error is not null ? "stopped: " + lv.Error
+                    : lv.Differing.Count == 0 ? "identical"
+                    : $"{lv.Differing.Count} ranges differed{(lv.Repair ? lv.Remaining is { Count: 0 } ? ", repaired" : ", not all repaired" : "")}";
+                sb.AppendLine(ci, $"  last verify ({lv.FinishedAt:u}): {ByteSize.Format(lv.BytesCompared)} compared, {outcome}");
             }
 
             if (v.KnownMissing is { Records: > 0 } m)

@@ -21,11 +21,13 @@ var peerTimeout = new Option<string?>("--peer-timeout") { Description = "a peer 
 var sendQueue = new Option<string?>("--send-queue") { Description = "send queue bound; async goes ahead past it, sync writers wait (default 64M)" };
 var resyncRate = new Option<string?>("--resync-rate") { Description = "cap on the resync rate, bytes/s, e.g. 200M (default 0: none)" };
 var resyncMinRate = new Option<string?>("--resync-min-rate") { Description = "resync rate kept while the application writes, bytes/s (default 64M; 0: no pacing)" };
+var resync = new Option<string?>("--resync") { Description = "data|checksum: a resync sends every dirty range, or first compares chunk hashes with the peer and sends only what differs (default data)" };
+
 var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
 
 var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate,
+    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate, resync,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -45,6 +47,7 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         OnPeerLoss = result.GetValue(onPeerLoss) ?? fromFile.OnPeerLoss,
         PeerTimeout = result.GetValue(peerTimeout) ?? fromFile.PeerTimeout,
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
+        Resync = result.GetValue(resync) ?? fromFile.Resync,
         ActivityLog = result.GetValue(activityLog) ?? fromFile.ActivityLog,
         ResyncRate = result.GetValue(resyncRate) ?? fromFile.ResyncRate,
         ResyncMinRate = result.GetValue(resyncMinRate) ?? fromFile.ResyncMinRate,
@@ -82,11 +85,17 @@ var promote = AdminVerb("promote", "make this node's volume primary (failover or
     (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);
 var demote = AdminVerb("demote", "make this node's volume secondary: ship what is queued, close clients",
     (a, v, r, ct) => AdminCommands.DemoteAsync(a, v, ct));
+var repair = new Option<bool>("--repair") { Description = "resync the chunks that differ and verify them again" };
+var chunk = new Option<string?>("--chunk") { Description = "chunk size compared, a multiple of 4K up to 1M (default 64K)" };
+var verifyJson = new Option<bool>("--json") { Description = "print the result as JSON" };
+var verify = AdminVerb("verify", "on the primary: compare chunk hashes of both images while in use (exit 0 identical, 3 differ, 4 differed and repaired)",
+    (a, v, r, ct) => AdminCommands.VerifyAsync(a, v, r.GetValue(chunk), r.GetValue(repair), r.GetValue(verifyJson), ct), repair, chunk, verifyJson);
 
 root.Subcommands.Add(serve);
 root.Subcommands.Add(status);
 root.Subcommands.Add(promote);
 root.Subcommands.Add(demote);
+root.Subcommands.Add(verify);
 var discard = new Option<bool>("--discard-my-data") { Description = "this node gives up its changes: it becomes secondary and is resynced from its peer" };
 root.Subcommands.Add(AdminVerb("resolve", "end a split brain on the chosen victim (resolve --discard-my-data)",
     (a, v, r, ct) => AdminCommands.ResolveAsync(a, v, r.GetValue(discard), ct), discard));

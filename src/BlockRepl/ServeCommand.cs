@@ -132,7 +132,7 @@ internal static class ServeCommand
             }
         }
 
-        var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout };
+        var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout, ChecksumResync = replication.ChecksumResync };
         var replLog = loggers.CreateLogger("replication");
         var volumes = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
         var replica = new ReplicaService(volumes, settings, replLog);
@@ -147,6 +147,7 @@ internal static class ServeCommand
         app.MapGrpcUnary<StatusRequest, StatusReply>(AdminService.StatusPath, adminService.StatusAsync);
         app.MapGrpcUnary<PromoteRequest, PromoteReply>(AdminService.PromotePath, adminService.PromoteAsync);
         app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
+        app.MapGrpcUnary<VerifyRequest, VerifyReply>(AdminService.VerifyPath, adminService.VerifyAsync);
         app.MapGrpcUnary<ResolveRequest, ResolveReply>(AdminService.ResolvePath, adminService.ResolveAsync);
 
         try

@@ -35,6 +35,9 @@ internal sealed record ServeOptions
 
     public string OnPeerLoss { get; init; } = "continue";
 
+    /// <summary>How a resync this node sources sends dirty ranges: data (all of it) or checksum (only chunks whose hash differs on the peer).</summary>
+    public string Resync { get; init; } = "data";
+
     /// <summary>A peer silent this long is dead (default 2s).</summary>
     public string PeerTimeout { get; init; } = "2s";
 
@@ -127,12 +130,19 @@ internal sealed record ServeOptions
             throw new UserError($"--send-queue {SendQueue} is too small: at least 2M");
         }
 
-        var resync = new Core.Replication.ResyncSettings
+        var checksumResync = Resync switch
+        {
+            "data" => false,
+            "checksum" => true,
+            _ => throw new UserError($"--resync '{Resync}': expected data or checksum"),
+        };
+
+        var resyncSettings = new Core.Replication.ResyncSettings
         {
             MaxBytesPerSecond = ParseRate(ResyncRate, "--resync-rate"),
             MinBytesPerSecond = ParseRate(ResyncMinRate, "--resync-min-rate"),
         };
-        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue, resync);
+        return new ReplicationOptions(listen, peer, mode, onPeerLoss, timeout, queue, resyncSettings, checksumResync);
     }
 
     /// <summary>A rate such as 100M (bytes per second), or 0 for none.</summary>
@@ -217,7 +227,8 @@ internal sealed record ReplicationOptions(
     Core.Replication.PeerLossPolicy OnPeerLoss,
     TimeSpan PeerTimeout,
     long SendQueueBytes,
-    Core.Replication.ResyncSettings Resync);
+    Core.Replication.ResyncSettings Resync,
+    bool ChecksumResync = false);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip,
     AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow)]

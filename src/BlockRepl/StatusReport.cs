@@ -39,7 +39,8 @@ internal sealed record VolumeReport(
     MissingReport? KnownMissing,
     LastResyncReport? LastResync,
     ActivityLogReport? ActivityLog,
-    bool DiscardMyData)
+    bool DiscardMyData,
+    VerifyReportJson? LastVerify)
 {
     public static VolumeReport From(VolumeStatus v) => new(
         v.Name,
@@ -57,7 +58,8 @@ internal sealed record VolumeReport(
         v.Lag is { } l ? new ReplicationReport(l.LastSeq, l.ReceivedSeq, l.AppliedSeq, l.DurableSeq, (long)l.QueuedRecords, (long)l.QueuedBytes, (long)l.OldestUnackedUs,
             (long)l.AheadCount, (long)l.Connects, (long)l.Disconnects) : null,
         v.Wire is { } w ? new WireReport((long)w.PayloadBytes, (long)w.WireBytes, (long)w.Batches, (long)w.Records,
-            w.PayloadBytes == 0 ? 0 : Math.Round((double)w.WireBytes / w.PayloadBytes, 4)) : null,
+            w.PayloadBytes == 0 ? 0 : Math.Round((double)w.WireBytes / w.PayloadBytes, 4),
+            (long)w.ChecksumRequests, (long)w.ChecksumReplyBytes, (long)w.ChecksumEqualBytes) : null,
         v.Resync is { } r ? new ResyncReport((long)r.TotalBytes, (long)r.DoneBytes, (long)r.BytesPerSecond, (long)r.EtaSeconds, r.Full, r.Reason) : null,
         (long)v.DirtyBytes,
         v.LastError.Length == 0 ? null : v.LastError,
@@ -66,7 +68,8 @@ internal sealed record VolumeReport(
         v.Role == VolumeRole.Secondary ? new MissingReport((long)v.KnownMissingRecords, (long)v.KnownMissingBytes) : null,
         v.LastResync is { } lr ? new LastResyncReport((long)lr.Bytes, Math.Round(lr.Seconds, 3), lr.Full, lr.Reason) : null,
         v.ActivityLog is { } al ? new ActivityLogReport((int)al.HotExtents, (int)al.Capacity, (long)al.Transactions, (long)al.Evictions) : null,
-        v.DiscardMyData);
+        v.DiscardMyData,
+        v.LastVerify is { } verify ? VerifyReportJson.From(verify) : null);
 
     private static string Hex(ulong g) => g.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
 }
@@ -79,7 +82,8 @@ internal sealed record ReplicationReport(
     ulong LastSeq, ulong ReceivedSeq, ulong AppliedSeq, ulong DurableSeq, long QueuedRecords, long QueuedBytes, long OldestUnackedUs,
     long AheadCount, long Connects, long Disconnects);
 
-internal sealed record WireReport(long PayloadBytes, long WireBytes, long Batches, long Records, double WireToPayload);
+internal sealed record WireReport(long PayloadBytes, long WireBytes, long Batches, long Records, double WireToPayload,
+    long ChecksumRequests = 0, long ChecksumReplyBytes = 0, long ChecksumEqualBytes = 0);
 
 internal sealed record ResyncReport(long TotalBytes, long DoneBytes, long BytesPerSecond, long EtaSeconds, bool Full, string Reason);
 
@@ -91,6 +95,39 @@ internal sealed record GenerationReport(string Current, string Bitmap, IReadOnly
 
 internal sealed record MissingReport(long Records, long Bytes);
 
+internal sealed record RangeReport(long Offset, long Length);
+
+/// <summary>An online verify's outcome, in `status --json` (lastVerify) and `verify --json`.</summary>
+internal sealed record VerifyReportJson(
+    bool Done,
+    bool Identical,
+    string? Error,
+    DateTimeOffset StartedAt,
+    DateTimeOffset FinishedAt,
+    int ChunkBytes,
+    long BytesCompared,
+    long ChunksCompared,
+    long DirtyChunksSkipped,
+    IReadOnlyList<RangeReport> Differing,
+    bool Repair,
+    IReadOnlyList<RangeReport>? Remaining)
+{
+    public static VerifyReportJson From(VerifyReport r) => new(
+        r.Error.Length == 0,
+        r.Error.Length == 0 && r.Differing.Count == 0,
+        r.Error.Length == 0 ? null : r.Error,
+        DateTimeOffset.FromUnixTimeMilliseconds(r.StartedUnixMs),
+        DateTimeOffset.FromUnixTimeMilliseconds(r.FinishedUnixMs),
+        (int)r.ChunkBytes,
+        (long)r.BytesCompared,
+        (long)r.ChunksCompared,
+        (long)r.DirtyChunksSkipped,
+        [.. r.Differing.Select(d => new RangeReport((long)d.Offset, (long)d.Length))],
+        r.Repair,
+        r.Repair ? [.. r.Remaining.Select(d => new RangeReport((long)d.Offset, (long)d.Length))] : null);
+}
+
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(StatusReport))]
+[JsonSerializable(typeof(VerifyReportJson))]
 internal sealed partial class StatusJsonContext : JsonSerializerContext;

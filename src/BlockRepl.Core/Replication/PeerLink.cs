@@ -38,10 +38,11 @@ internal sealed class LinkItem
     public byte[]? Payload;
     public long EnqueuedAt;
     public LinkMarker? Marker;
+    public ChecksumProbe? Probe;
 }
 
 /// <summary>What <see cref="PeerLink.TakeAsync"/> produced.</summary>
-internal readonly record struct LinkTake(int Records, long PayloadBytes, LinkMarker? Marker, bool Idle, ulong LastSeq, long UnsentBytes);
+internal readonly record struct LinkTake(int Records, long PayloadBytes, LinkMarker? Marker, bool Idle, ulong LastSeq, long UnsentBytes, ChecksumProbe? Probe = null);
 
 /// <summary>Replication state of one volume on its sending side, as seen by front ends, shipper and status.</summary>
 public readonly record struct ReplicationSnapshot(
@@ -86,7 +87,7 @@ public readonly record struct ReplicationSnapshot(
 /// guarded by one lock; the volume calls the Submit methods under its own ordering lock, so the order of
 /// sequence numbers is the order of the local writes.
 /// </remarks>
-internal sealed class PeerLink
+internal sealed partial class PeerLink
 {
     /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
     public const int MaxRecordPayload = 1024 * 1024;
@@ -615,7 +616,7 @@ internal sealed class PeerLink
             _releaseBlockedAt = 0;
             while (_queue.TryDequeue(out var item))
             {
-                if (item.Marker is null && item.Header.Kind != JournalRecordKind.Flush)
+                if (item.Marker is null && item.Probe is null && item.Header.Kind != JournalRecordKind.Flush)
                 {
                     _bitmap.Mark((long)item.Header.Offset, (long)item.Header.Length);
                 }
@@ -630,6 +631,8 @@ internal sealed class PeerLink
             {
                 _bitmap.Mark(sent.Offset, sent.Length);
             }
+
+            ReturnProbesLocked();
 
             foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
             {
@@ -739,9 +742,15 @@ internal sealed class PeerLink
             return new LinkTake(0, 0, marker, Idle: false, _nextSeq - 1, _queuedBytes);
         }
 
+        if (_queue.Peek().Probe is { } probe)
+        {
+            _queue.Dequeue();
+            return new LinkTake(0, 0, null, Idle: false, _nextSeq - 1, _queuedBytes, probe);
+        }
+
         long payloadBytes = 0;
         var records = 0;
-        while (_queue.TryPeek(out var item) && item.Marker is null)
+        while (_queue.TryPeek(out var item) && item.Marker is null && item.Probe is null)
         {
             var header = item.Header;
             if (records > 0 && writer.UncompressedLength + header.EncodedLength > softLimit)
@@ -968,7 +977,7 @@ internal sealed class PeerLink
                 return true;
             }
 
-            if (!_bitmap.IsEmpty || _ahead)
+            if (!_bitmap.IsEmpty || _ahead || _unsettledResyncProbes.Count > 0)
             {
                 return false;
             }
@@ -1059,7 +1068,7 @@ internal sealed class PeerLink
             long oldest = 0;
             foreach (var item in _queue)
             {
-                if (item.Marker is null)
+                if (item.Marker is null && item.Probe is null)
                 {
                     queuedRecords++;
                     queuedBytes += item.Header.PayloadLength;

@@ -22,6 +22,7 @@ internal sealed class AdminService(
     public const string StatusPath = "/blockrepl.v1.Admin/Status";
     public const string PromotePath = "/blockrepl.v1.Admin/Promote";
     public const string DemotePath = "/blockrepl.v1.Admin/Demote";
+    public const string VerifyPath = "/blockrepl.v1.Admin/Verify";
     public const string ResolvePath = "/blockrepl.v1.Admin/Resolve";
 
     private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
@@ -91,6 +92,43 @@ internal sealed class AdminService(
         }
 
         return new DemoteReply { Done = result.Done, Reason = result.Reason, ClosedClients = (uint)closed, ShippedRecords = result.ShippedRecords };
+    }
+
+    public async Task<VerifyReply> VerifyAsync(VerifyRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var v = Single(request.Volume);
+        var chunk = request.ChunkBytes == 0 ? Volume.DefaultVerifyChunk : (int)Math.Min(request.ChunkBytes, int.MaxValue);
+        var result = await v.Volume.VerifyAsync(chunk, request.Repair, message => ReplicationLog.Info(logger, v.Volume.Name, message), context.CancellationToken)
+            .ConfigureAwait(false);
+        if (!result.Done && result.BytesCompared == 0)
+        {
+            ReplicationLog.Info(logger, v.Volume.Name, $"verify refused: {result.Reason}");
+        }
+
+        return new VerifyReply { Done = result.Done, Reason = result.Reason, Report = ToWire(result) };
+    }
+
+    internal static VerifyReport ToWire(VerifyResult r)
+    {
+        var report = new VerifyReport
+        {
+            StartedUnixMs = r.StartedAt.ToUnixTimeMilliseconds(),
+            FinishedUnixMs = r.FinishedAt.ToUnixTimeMilliseconds(),
+            ChunkBytes = (uint)r.ChunkBytes,
+            BytesCompared = (ulong)r.BytesCompared,
+            ChunksCompared = (ulong)r.ChunksCompared,
+            DirtyChunksSkipped = (ulong)r.DirtyChunksSkipped,
+            Repair = r.Repair,
+            Error = r.Reason,
+        };
+        report.Differing.AddRange(r.Differing.Select(d => new ByteRange { Offset = (ulong)d.Offset, Length = (ulong)d.Length }));
+        if (r.Repair)
+        {
+            report.Remaining.AddRange(r.Remaining.Select(d => new ByteRange { Offset = (ulong)d.Offset, Length = (ulong)d.Length }));
+        }
+
+        return report;
     }
 
     public Task<ResolveReply> ResolveAsync(ResolveRequest request, ServerCallContext context)
@@ -174,6 +212,11 @@ internal sealed class AdminService(
             status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });
         }
 
+        if (volume.LastVerify is { } verify)
+        {
+            status.LastVerify = ToWire(verify);
+        }
+
         var (missingRecords, missingBytes) = volume.KnownMissing;
         status.KnownMissingRecords = missingRecords;
         status.KnownMissingBytes = missingBytes;
@@ -199,6 +242,14 @@ internal sealed class AdminService(
                 Batches = (ulong)r.Batches,
                 Records = (ulong)r.Records,
             };
+            if (volume.Link is { } link)
+            {
+                var (requests, replyBytes, equalBytes) = link.ChecksumCounters;
+                status.Wire.ChecksumRequests = (ulong)requests;
+                status.Wire.ChecksumReplyBytes = (ulong)replyBytes;
+                status.Wire.ChecksumEqualBytes = (ulong)equalBytes;
+            }
+
             status.DirtyBytes = (ulong)r.DirtyBytes;
             if (r.LastResyncSeconds > 0 || r.LastResyncBytes > 0)
             {

@@ -176,6 +176,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         }
 
         var full = reply.Plan == SyncPlan.FullResync;
+        link.PeerChecksums = (reply.Features & (uint)ReceiverFeature.Checksums) != 0;
         var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
             peerInconsistent: reply.Disk == V1.DiskState.Inconsistent, peerDirtyRuns: reply.DirtyRuns, reason: $"{reply.Plan}: {reply.Message}");
         var decision = $"{reply.Plan}: {reply.Message}";
@@ -254,6 +255,13 @@ internal sealed class PeerConnector : IAsyncDisposable
             {
                 frame = new ReplicationFrame { Ping = new Ping { Id = ++pings, SenderAhead = link.Ahead } };
             }
+            else if (take.Probe is { } probe)
+            {
+                frame = new ReplicationFrame
+                {
+                    ChecksumRequest = new ChecksumRequest { Id = probe.Id, Offset = (ulong)probe.Offset, Length = (uint)probe.Length, ChunkBytes = (uint)probe.ChunkBytes },
+                };
+            }
             else if (take.Marker is { } marker)
             {
                 frame = new ReplicationFrame
@@ -323,6 +331,12 @@ internal sealed class PeerConnector : IAsyncDisposable
                 throw new ReplicationProtocolException(StatusCode.Internal,
                     $"the peer acknowledged seqs it was never sent (received {ack.ReceivedSeq}, applied {ack.AppliedSeq}, durable {ack.DurableSeq})");
             }
+
+            if (ack.ChecksumReply is { } checksum && !link.OnChecksumReply(checksum.Id, checksum.Sha256.Span))
+            {
+                throw new ReplicationProtocolException(StatusCode.Internal,
+                    $"the peer answered checksum request {checksum.Id}, which is not outstanding, or with {checksum.Sha256.Length} bytes of hashes");
+            }
         }
 
         var status = call.GetStatus();
@@ -338,6 +352,13 @@ internal sealed class PeerConnector : IAsyncDisposable
             if (needResync || link.ResyncActive || (link.HasDirty && !link.Ahead))
             {
                 // Also after a demotion: a resync that is due (or begun) must finish, or the peer stays inconsistent.
+                Action<string> log = message => ReplicationLog.Info(_log, _volume.Name, message);
+                if (_settings.ChecksumResync)
+                {
+                    // Probe first: only the chunks whose hashes differ stay dirty for the data pass below.
+                    await _volume.RunChecksumPassAsync(first && full, log, token).ConfigureAwait(false);
+                }
+
                 await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
                 needResync = false;
                 first = false;

@@ -287,7 +287,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             why += $"; but this node names {ownRuns.Count / 2} ranges it changed itself: bitmap resync of those";
         }
 
-        var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why }, volume);
+        var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why, Features = (uint)ReceiverFeature.Checksums }, volume);
         reply.Fresh = mine.Generations.Fresh;
         reply.DirtyRuns.AddRange(ownRuns);
         reply.DiscardMyData = mine.Generations.DiscardMyData;
@@ -320,6 +320,16 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
     {
         private static readonly TimeSpan AsyncAckDelay = TimeSpan.FromMilliseconds(2);
         private readonly SemaphoreSlim _ackSignal = new(0);
+
+        // Checksum replies wait here for the ack loop (the only writer of the response stream); bounded, so a
+        // sender that floods requests is slowed down by the apply loop instead of growing memory.
+        private readonly System.Threading.Channels.Channel<ChecksumReply> _checksumReplies =
+            System.Threading.Channels.Channel.CreateBounded<ChecksumReply>(new System.Threading.Channels.BoundedChannelOptions(ChecksumRequestLimits.MaxQueuedReplies)
+            {
+                SingleReader = true,
+                SingleWriter = true,
+            });
+        private byte[]? _checksumBuffer;
         private readonly ulong _start = first;
         private readonly ulong _earliest = first + 1;
         private ulong _expected;
@@ -366,6 +376,9 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                         case ReplicationFrame.BodyOneofCase.Marker:
                             await ApplyMarkerAsync(frame.Marker).ConfigureAwait(false);
                             break;
+                        case ReplicationFrame.BodyOneofCase.ChecksumRequest:
+                            await AnswerChecksumRequestAsync(frame.ChecksumRequest, token).ConfigureAwait(false);
+                            break;
                         case ReplicationFrame.BodyOneofCase.Ping:
                             NoteSenderAhead(frame.Ping.SenderAhead);
                             Volatile.Write(ref _forceAck, 1);
@@ -390,6 +403,10 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 }
 
                 ArrayPool<byte>.Shared.Return(buffer);
+                if (_checksumBuffer is { } checksumBuffer)
+                {
+                    ArrayPool<byte>.Shared.Return(checksumBuffer);
+                }
             }
         }
 
@@ -405,6 +422,24 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             {
                 volume.SetReceiverConnection(ConnectionState.Connected);
             }
+        }
+
+        /// <summary>
+        /// Hashes the requested chunks now: every record of every earlier batch is applied, no later one is (this
+        /// runs in the apply loop), which is what makes a verify exact. The reply goes out with the next ack.
+        /// </summary>
+        private async Task AnswerChecksumRequestAsync(ChecksumRequest request, CancellationToken token)
+        {
+            if (ChecksumRequestLimits.Check(request, volume.Size) is { } violation)
+            {
+                throw new ReplicationProtocolException(StatusCode.InvalidArgument, $"checksum request {request.Id}: {violation}");
+            }
+
+            _checksumBuffer ??= ArrayPool<byte>.Shared.Rent(ChecksumRequestLimits.MaxLength);
+            var hashes = volume.HashRangeForPeer((long)request.Offset, (int)request.Length, (int)request.ChunkBytes, _checksumBuffer);
+            await _checksumReplies.Writer.WriteAsync(new ChecksumReply { Id = request.Id, Sha256 = UnsafeByteOperations.UnsafeWrap(hashes) }, token)
+                .ConfigureAwait(false);
+            _ackSignal.Release();
         }
 
         private async Task ApplyBatchAsync(Batch batch, byte[] buffer)
@@ -536,6 +571,19 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 var received = Volatile.Read(ref _received);
                 applied = Volatile.Read(ref _applied);
                 var durable = Volatile.Read(ref _durable);
+                while (_checksumReplies.Reader.TryRead(out var checksum))
+                {
+                    await responses.WriteAsync(new ReplicationAck
+                    {
+                        ReceivedSeq = Math.Max(received, applied),
+                        AppliedSeq = applied,
+                        DurableSeq = Math.Min(durable, applied),
+                        ChecksumReply = checksum,
+                    }, token).ConfigureAwait(false);
+                    (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
+                    lastSent = Environment.TickCount64;
+                }
+
                 var force = Interlocked.Exchange(ref _forceAck, 0) != 0
                     || Environment.TickCount64 - lastSent >= (long)keepalive.TotalMilliseconds; // keepalive while busy
                 if (force || received != sentReceived || applied != sentApplied || durable != sentDurable)

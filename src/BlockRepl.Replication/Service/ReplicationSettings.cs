@@ -27,4 +27,10 @@ internal sealed record ReplicationSettings
     public TimeSpan MinBackoff { get; init; } = TimeSpan.FromMilliseconds(100);
 
     public TimeSpan MaxBackoff { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// Checksum resync (`serve --resync checksum`): as sync source, probe the peer's chunk hashes of each dirty run
+    /// first and send only the chunks that differ. Needs a peer that announces the checksums feature.
+    /// </summary>
+    public bool ChecksumResync { get; init; }
 }

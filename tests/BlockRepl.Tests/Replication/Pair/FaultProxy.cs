@@ -49,6 +49,15 @@ internal sealed class FaultProxy : IAsyncDisposable
         return result.Stdout.Trim();
     }
 
+    /// <summary>`stats`: bytes written to the target (up) and to clients (down), cumulative since the proxy started.</summary>
+    public async Task<(long Up, long Down)> StatsAsync()
+    {
+        var result = await Tool.RunAsync(Script, ["--control", _control, "--send", "stats"], TimeSpan.FromSeconds(30));
+        var m = System.Text.RegularExpressions.Regex.Match(result.Stdout, @"^ok conns=\d+ bytes_up=(\d+) bytes_down=(\d+)");
+        Assert.True(result.ExitCode == 0 && m.Success, $"faultproxy stats: {result}");
+        return (long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture), long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture));
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (!_child.HasExited)
