@@ -90,7 +90,7 @@ public sealed class PeerLinkTests
     }
 
     [Fact]
-    public async Task Async_QueueOverflow_GoesAhead_DropsToBitmap_LeavesAheadWhenDrained()
+    public async Task Async_QueueOverflow_GoesAhead_DropsToBitmap_LeavesAheadOnceTheLinkDrained()
     {
         var link = new PeerLink(Size, ReplicationMode.Async, PeerLossPolicy.Continue, 2 << 20);
         link.OpenStream();
@@ -104,12 +104,15 @@ public sealed class PeerLinkTests
         Assert.Equal(1 << 20, link.Snapshot().DirtyBytes);
         Assert.Equal(1, link.Snapshot().AheadCount);
         using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
-        while (link.Snapshot().QueuedRecords > 0 && link.Ahead)
-        {
-            await TakeAsync(link, writer);
-        }
+        var take = await TakeAsync(link, writer);
+        take = await TakeAsync(link, writer); // one 1 MiB record per batch: both are sent now
+        Assert.Equal((1, 2UL), (take.Records, take.LastSeq));
 
+        // Sent is not drained: 2 MiB are still on their way, so the link stays ahead (congestion counts them).
+        Assert.True(link.Ahead);
+        Assert.True(link.OnAck(take.LastSeq, 0, 0)); // the peer received everything
         Assert.False(link.Ahead);
         Assert.True(link.HasDirty);
+        Assert.True(link.ResyncActive); // the dropped range comes back as a resync, Begin marker first
     }
 }
