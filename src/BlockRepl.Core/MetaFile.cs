@@ -78,6 +78,7 @@ public sealed class MetaFile : IDisposable
         try
         {
             RandomAccess.SetLength(handle, BitmapOffset + BitmapBytesFor(metadata.SizeBytes));
+            file.Preallocate(BitmapOffset + BitmapBytesFor(metadata.SizeBytes));
             file._recordSlot = 1; // the first save goes to slot 0, and so does the first log write
             file._alSlot = 1;
             file.Save(metadata);
@@ -119,6 +120,8 @@ public sealed class MetaFile : IDisposable
             {
                 RandomAccess.SetLength(handle, needed);
             }
+
+            file.Preallocate(needed);
 
             file.LoadAlSlot();
             return (file, metadata);
@@ -260,6 +263,24 @@ public sealed class MetaFile : IDisposable
             {
                 throw new IOException($"fdatasync {Path}: errno {errno}", errno == LibC.ENOSPC ? unchecked((int)0x80070070) : errno);
             }
+        }
+    }
+
+    /// <summary>
+    /// Allocates every block of the file now, so that a later log or bitmap update never needs space a full
+    /// filesystem no longer has (a write that could not log its extent would have to fail).
+    /// </summary>
+    private void Preallocate(long length)
+    {
+        if (LibC.fallocate(_fd, 0, 0, length) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno == LibC.ENOSPC)
+            {
+                throw new IOException($"{Path}: no space to allocate {length} bytes of metadata", unchecked((int)0x80070070));
+            }
+
+            // EOPNOTSUPP (e.g. some network filesystems): the regions are written on demand.
         }
     }
 

@@ -104,6 +104,7 @@ internal sealed partial class PeerLink
     private readonly List<TaskCompletionSource> _spaceWaiters = [];
     private readonly List<(long Fill, TaskCompletionSource Done)> _resyncSpaceWaiters = [];
     private long _lastAppRecordAt;
+    private bool _announceAhead; // went ahead: the shipper tells the peer at once (a ping), not at the next keepalive
     private readonly List<TaskCompletionSource> _streamWaiters = [];
     private readonly DirtyBitmap _bitmap;
     private TaskCompletionSource? _shipperWake;
@@ -406,6 +407,8 @@ internal sealed partial class PeerLink
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
                 _ahead = true;
                 _aheadCount++;
+                _announceAhead = true;
+                WakeShipperLocked();
                 _holesMaySkip = false; // a trim dropped here must reach the target as a zero range
                 _bitmap.Mark(offset, length);
                 return null;
@@ -710,7 +713,14 @@ internal sealed partial class PeerLink
 
                 if (_accepted && _queue.Count > 0)
                 {
+                    _announceAhead = false; // the batch carries the flag
                     return TakeLocked(writer, softLimit);
+                }
+
+                if (_accepted && _announceAhead)
+                {
+                    _announceAhead = false;
+                    return new LinkTake(0, 0, null, Idle: true, 0, 0);
                 }
 
                 _shipperWake ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

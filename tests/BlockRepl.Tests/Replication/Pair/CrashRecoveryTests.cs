@@ -143,6 +143,25 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task CleanRestartOfBothNodes_GenerationsEqual_InSync_NothingResynced()
+    {
+        Tool.Require("qemu-io");
+        await using var pair = await ReplicaPair.StartAsync("sync", "16M");
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x42 3M 2M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        await pair.A.StopAsync();
+        await pair.B!.StopAsync();
+
+        await pair.StartNodeAsync('b');
+        await pair.StartNodeAsync('a', "primary");
+        var synced = await ReplicaPair.WaitInSyncAsync(pair.A!);
+        Assert.Equal(JsonValueKind.Null, synced.GetProperty("lastResync").ValueKind); // no resync in this run
+        Assert.Contains(pair.A!.Stderr.Split('\n'), l => l.Contains("in sync", StringComparison.Ordinal) && l.Contains("generations equal", StringComparison.Ordinal));
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.Equal(hashA, hashB);
+    }
+
+    [Fact]
     public async Task Resolve_WithoutDiscardMyData_IsRefused()
     {
         await using var pair = await ReplicaPair.StartAsync("sync", "16M");
