@@ -167,6 +167,6 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     public ValueTask DisposeAsync() => _child.DisposeAsync();
 
-    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: listen=\S+)?(?: peer=\S+)?$")]
+    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: iscsi=(?<iscsi>\S+))?(?: listen=\S+)?(?: peer=\S+)?$")]
     private static partial Regex ReadyLine();
 }
