@@ -939,30 +939,38 @@ internal sealed class IscsiConnection : IDisposable
 
         if (task is null)
         {
-            if (ttt == ReservedTag)
-            {
-                return; // unsolicited data of a command already answered (e.g. refused before its data arrived)
-            }
-
-            SendReject(RejectInvalidPduField, _bhs);
+            // Data of a command already answered (refused before its data arrived, failed on an earlier Data-Out,
+            // or aborted): dropped.
             return;
         }
 
+        // DataPDUInOrder=Yes, DataSequenceInOrder=Yes: data arrives at increasing offsets and DataSN counts the
+        // PDUs of each sequence from 0 (11.7.5). A PDU out of sequence fails its command, not the connection.
+        var limit = ttt == ReservedTag ? task.UnsolicitedLimit : task.BurstEnd;
+        string? error = null;
         if (ttt != task.Ttt)
         {
-            IscsiProtocolException.Throw($"Data-Out for task 0x{itt:x8} with target transfer tag 0x{ttt:x8}, expected 0x{task.Ttt:x8}");
+            error = $"target transfer tag 0x{ttt:x8}, expected 0x{task.Ttt:x8}";
+        }
+        else if (dataSn != task.ExpectedDataSn)
+        {
+            error = $"DataSN {dataSn}, expected {task.ExpectedDataSn}";
+        }
+        else if (offset != task.Received || offset + (uint)dataLength > (uint)limit)
+        {
+            error = $"data at {offset}+{dataLength}, expected offset {task.Received} and at most up to {limit}";
         }
 
-        // DataPDUInOrder=Yes, DataSequenceInOrder=Yes: data arrives at increasing offsets, DataSN counts per sequence (11.7.5).
-        if (dataSn != task.ExpectedDataSn)
+        if (error is not null)
         {
-            IscsiProtocolException.Throw($"Data-Out DataSN {dataSn} for task 0x{itt:x8}, expected {task.ExpectedDataSn}");
-        }
+            IscsiLog.DataOutRejected(_log, Remote, itt, error);
+            lock (_sendLock)
+            {
+                _pending.Remove(itt);
+            }
 
-        var limit = ttt == ReservedTag ? task.UnsolicitedLimit : task.BurstEnd;
-        if (offset != task.Received || offset + (uint)dataLength > (uint)limit)
-        {
-            IscsiProtocolException.Throw($"Data-Out at {offset}+{dataLength} for task 0x{itt:x8}: expected offset {task.Received}, limit {limit}");
+            SendResult(task, ScsiResult.Check(ScsiSense.KeyAbortedCommand, ScsiSense.DataPhaseError), expectedDataOut: null);
+            return;
         }
 
         task.ExpectedDataSn++;
@@ -1183,12 +1191,8 @@ internal sealed class IscsiConnection : IDisposable
         byte response;
         switch (function)
         {
-            case 1: // ABORT TASK
-                response = lun != 0 ? (byte)2 : (byte)0;
-                if (lun == 0)
-                {
-                    AbortTasks(t => t.Itt == referenced);
-                }
+            case 1: // ABORT TASK: "task does not exist" when it already completed (its response was sent)
+                response = lun != 0 ? (byte)2 : AbortTasks(t => t.Itt == referenced) > 0 ? (byte)0 : (byte)1;
 
                 break;
             case 2: // ABORT TASK SET
@@ -1234,9 +1238,10 @@ internal sealed class IscsiConnection : IDisposable
     }
 
     /// <summary>Aborts tasks still waiting for Data-Out (they get no response) and marks running ones so theirs is dropped.</summary>
-    private void AbortTasks(Func<PendingTask, bool> match)
+    private int AbortTasks(Func<PendingTask, bool> match)
     {
         List<PendingTask> aborted;
+        var running = 0;
         lock (_sendLock)
         {
             aborted = [.. _pending.Values.Where(match)];
@@ -1252,6 +1257,7 @@ internal sealed class IscsiConnection : IDisposable
             foreach (var task in _running.Values.Where(match))
             {
                 task.Aborted = true;
+                running++;
             }
         }
 
@@ -1259,6 +1265,8 @@ internal sealed class IscsiConnection : IDisposable
         {
             ReturnBuffer(task);
         }
+
+        return aborted.Count + running;
     }
 
     private void Text(int dataLength, bool immediate)

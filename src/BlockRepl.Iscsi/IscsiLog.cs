@@ -43,6 +43,9 @@ internal static partial class IscsiLog
     [LoggerMessage(13, LogLevel.Information, "iSCSI session of {Initiator} (ISID 0x{Isid:x12}) reinstated by a new login: closing the old connection")]
     public static partial void Reinstated(ILogger logger, string initiator, ulong isid);
 
+    [LoggerMessage(15, LogLevel.Warning, "iSCSI {Remote} sent a Data-Out out of sequence for task 0x{Task:x8} ({Reason}): the command fails")]
+    public static partial void DataOutRejected(ILogger logger, string remote, uint task, string reason);
+
     [LoggerMessage(14, LogLevel.Warning, "iSCSI {Remote} sent an unsupported PDU (opcode 0x{Opcode:x2}): rejected")]
     public static partial void Rejected(ILogger logger, string remote, int opcode);
 }

@@ -25,9 +25,9 @@ internal sealed class ScsiLogicalUnit
     public const int MaxTransferBlocks = 8192;
 
     public const int MaxCompareAndWriteBlocks = 64;
-    public const uint MaxUnmapBlocks = 1u << 22;
+    public const uint MaxUnmapBlocks = 1u << 20;
     public const int MaxUnmapDescriptors = 256;
-    public const uint MaxWriteSameBlocks = 1u << 22;
+    public const uint MaxWriteSameBlocks = 1u << 15;
     public const int MaxGetLbaStatusDescriptors = 512;
 
     private readonly Volume _volume;
@@ -257,8 +257,13 @@ internal sealed class ScsiLogicalUnit
 
         if (dataLength < length)
         {
-            // The initiator sent less than the CDB asks to write (iSCSI overflow): nothing is written.
-            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
+            // The initiator's expected transfer length is shorter than the CDB's (an iSCSI overflow, RFC 7143
+            // 11.4.5.1): only the whole blocks it sent are written; the residual tells it the rest was not.
+            length = dataLength & ~(BlockSize - 1);
+            if (length == 0)
+            {
+                return Done(ScsiResult.Good);
+            }
         }
 
         if (cdb[0] is 0x2E or 0xAE or 0x8E)
@@ -409,7 +414,7 @@ internal sealed class ScsiLogicalUnit
             return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
         }
 
-        if (!ndob && data.Length < BlockSize)
+        if (!ndob && data.Length != BlockSize)
         {
             return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
         }
@@ -418,9 +423,10 @@ internal sealed class ScsiLogicalUnit
         var offset = (long)lba << BlockShift;
         var length = (long)blocks << BlockShift;
         var unmap = (cdb[1] & 0x08) != 0;
-        if (ndob || !block.ContainsAnyExcept((byte)0))
+        if (unmap || ndob || !block.ContainsAnyExcept((byte)0))
         {
-            // All zeroes: with UNMAP the range may be deallocated (LBPRZ: it reads back as zeroes).
+            // UNMAP: the range is deallocated whatever the Data-Out holds, and reads back as zeroes (LBPRZ; SBC-3
+            // 5.42, as Linux LIO does). Without it, an all-zero block is a zero range that stays allocated.
             ValueTask<bool> zero;
             lock (_mediumLock)
             {
@@ -558,15 +564,16 @@ internal sealed class ScsiLogicalUnit
             return Done(ScsiResult.Check(ScsiSense.KeyDataProtect, ScsiSense.WriteProtected));
         }
 
-        if (blocks == 0)
-        {
-            return Done(ScsiResult.Good);
-        }
-
         var length = blocks << BlockShift;
         if (dataLength != 2 * length)
         {
+            // The Data-Out must be exactly the verify and write instances (SBC-3 5.2); a 256-block request wraps to 0.
             return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
+        }
+
+        if (blocks == 0)
+        {
+            return Done(ScsiResult.Good);
         }
 
         var offset = (long)lba << BlockShift;
@@ -767,7 +774,8 @@ internal sealed class ScsiLogicalUnit
         var data = new byte[32];
         BinaryPrimitives.WriteUInt64BigEndian(data, (ulong)(BlockCount - 1));
         BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(8), BlockSize);
-        data[13] = 3;          // 8 logical blocks per physical block (4 KiB)
+        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0: a 512-byte block is unmapped or written on its own
+        // (the image zeroes partial filesystem blocks), so GET LBA STATUS is exact to the logical block.
         data[14] = 0x80 | 0x40; // LBPME, LBPRZ: unmapped blocks read as zeroes
         return ScsiResult.WithData(data, (int)Math.Min(data.Length, allocation));
     }
@@ -787,25 +795,33 @@ internal sealed class ScsiLogicalUnit
         var count = _volume.GetExtents(offset, _volume.Size - offset, extents);
         var data = new byte[8 + (16 * Math.Max(count, 1))];
         var n = 0;
+        var cursor = lba; // the next block to describe: descriptors are contiguous from the requested LBA
         for (var i = 0; i < count; i++)
         {
             var e = extents[i];
-            // Extents are reported in whole blocks; a partial block that holds data counts as mapped.
-            var first = (ulong)(e.Offset >> BlockShift);
-            var end = (ulong)((e.End + BlockSize - 1) >> BlockShift);
-            if (n > 0 && data[8 + (16 * (n - 1)) + 12] == (e.IsHole ? 1 : 0))
+            // A block that holds any data is mapped: data extents round outwards, holes inwards.
+            var end = e.IsHole ? (ulong)(e.End >> BlockShift) : (ulong)((e.End + BlockSize - 1) >> BlockShift);
+            if (end <= cursor)
             {
-                var prev = data.AsSpan(8 + (16 * (n - 1)));
-                var prevStart = BinaryPrimitives.ReadUInt64BigEndian(prev);
-                BinaryPrimitives.WriteUInt32BigEndian(prev[8..], (uint)(end - prevStart));
                 continue;
             }
 
-            var d = data.AsSpan(8 + (16 * n));
-            BinaryPrimitives.WriteUInt64BigEndian(d, first);
-            BinaryPrimitives.WriteUInt32BigEndian(d[8..], (uint)Math.Min(end - first, uint.MaxValue));
-            d[12] = (byte)(e.IsHole ? 1 : 0); // 0 mapped, 1 deallocated
-            n++;
+            var status = (byte)(e.IsHole ? 1 : 0); // 0 mapped, 1 deallocated
+            if (n > 0 && data[8 + (16 * (n - 1)) + 12] == status)
+            {
+                var prev = data.AsSpan(8 + (16 * (n - 1)));
+                BinaryPrimitives.WriteUInt32BigEndian(prev[8..], (uint)Math.Min(end - BinaryPrimitives.ReadUInt64BigEndian(prev), uint.MaxValue));
+            }
+            else
+            {
+                var d = data.AsSpan(8 + (16 * n));
+                BinaryPrimitives.WriteUInt64BigEndian(d, cursor);
+                BinaryPrimitives.WriteUInt32BigEndian(d[8..], (uint)Math.Min(end - cursor, uint.MaxValue));
+                d[12] = status;
+                n++;
+            }
+
+            cursor = end;
         }
 
         var length = 8 + (16 * n);

@@ -39,6 +39,7 @@ internal static class ScsiSense
     public const ushort WriteError = 0x0c00;
     public const ushort InsufficientRegistrationResources = 0x5504;
     public const ushort CommandsClearedByAnotherInitiator = 0x2f00;
+    public const ushort DataPhaseError = 0x4b00;
 
     /// <summary>Fixed-format sense data (SPC-4 4.5.3), 18 bytes; <paramref name="information"/> sets VALID.</summary>
     public static byte[] Fixed(byte key, ushort ascq, ulong? information = null)
