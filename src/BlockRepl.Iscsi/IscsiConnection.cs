@@ -1209,14 +1209,14 @@ internal sealed class IscsiConnection : IDisposable
                 if (lun == 0)
                 {
                     AbortTasks(_ => true);
-                    IscsiServer.ResetUnit(_target!, _nexus!);
+                    IscsiServer.ResetUnit(_target!);
                 }
 
                 break;
             case 6: // TARGET WARM RESET
             case 7: // TARGET COLD RESET
                 AbortTasks(_ => true);
-                IscsiServer.ResetUnit(_target!, _nexus!);
+                IscsiServer.ResetUnit(_target!);
                 response = 0;
                 break;
             case 8: // TASK REASSIGN: needs error recovery level 2

@@ -157,8 +157,7 @@ public sealed class IscsiServer : IDisposable
         }
     }
 
-    internal static void ResetUnit(IscsiTargetState target, ScsiNexus requester) =>
-        target.Unit.Reset(target.Sessions.Keys, requester);
+    internal static void ResetUnit(IscsiTargetState target) => target.Unit.Reset(target.Sessions.Keys);
 
     private void AcceptLoop(Socket listener, IPEndPoint endpoint)
     {

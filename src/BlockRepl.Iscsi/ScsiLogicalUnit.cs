@@ -55,16 +55,16 @@ internal sealed class ScsiLogicalUnit
 
     public void SetUnitAttention(ScsiNexus nexus, ushort ascq) => _unitAttentions[nexus] = ascq;
 
-    /// <summary>LOGICAL UNIT RESET (SAM-5 6.2): every other nexus sees a unit attention; SPC-2 reservations end.</summary>
-    public void Reset(IEnumerable<ScsiNexus> nexuses, ScsiNexus requester)
+    /// <summary>
+    /// LOGICAL UNIT RESET (SAM-5 6.3.3): every I_T nexus, the requester's included, sees the unit attention
+    /// BUS DEVICE RESET FUNCTION OCCURRED on its next command; SPC-2 reservations end.
+    /// </summary>
+    public void Reset(IEnumerable<ScsiNexus> nexuses)
     {
         Reservations.Reset();
         foreach (var nexus in nexuses)
         {
-            if (nexus != requester)
-            {
-                SetUnitAttention(nexus, ScsiSense.BusDeviceResetOccurred);
-            }
+            SetUnitAttention(nexus, ScsiSense.BusDeviceResetOccurred);
         }
     }
 

@@ -40,6 +40,10 @@ internal static class Tool
         ["fio"] = "fio",
         ["nbdkit"] = "nbdkit",
         ["stat"] = "coreutils",
+        ["iscsi-test-cu"] = "libiscsi-bin",
+        ["iscsi-ls"] = "libiscsi-bin",
+        ["iscsi-inq"] = "libiscsi-bin",
+        ["iscsi-readcapacity16"] = "libiscsi-bin",
         ["/usr/bin/python3"] = "python3-libnbd",
     };
 
