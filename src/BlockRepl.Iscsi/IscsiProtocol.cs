@@ -49,8 +49,11 @@ internal static class IscsiProtocol
     /// <summary>Largest data segment accepted during login, before anything was negotiated (RFC: 8192 by default).</summary>
     public const int MaxLoginDataSegmentLength = 64 * 1024;
 
-    /// <summary>AHS are not used by anything this target implements; bigger ones close the connection.</summary>
-    public const int MaxAhsLength = 1024;
+    /// <summary>
+    /// AHS (extended CDBs, bidirectional read lengths) are not used by anything this target implements; a
+    /// header announcing more than this closes the connection before it is read.
+    /// </summary>
+    public const int MaxAhsLength = 256;
 
     public static uint ReadUInt32(ReadOnlySpan<byte> b, int at) => BinaryPrimitives.ReadUInt32BigEndian(b[at..]);
 
