@@ -146,6 +146,9 @@ internal sealed class ScsiLogicalUnit
                 case 0x93: return WriteSame(cdb, BinaryPrimitives.ReadUInt64BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(10)), data);
                 case 0x42: return Unmap(cdb, data);
                 case 0x89: return CompareAndWrite(cdb, dataOut, dataOutLength);
+                case 0x8B: return OrWrite(cdb, dataOut, dataOutLength);
+                case 0x37: return Done(ReadDefectData(cdb, twelve: false));
+                case 0xB7: return Done(ReadDefectData(cdb, twelve: true));
                 default: return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidOpcode));
             }
         }
@@ -165,7 +168,7 @@ internal sealed class ScsiLogicalUnit
     private static (bool Reads, bool Writes) AccessOf(byte opcode) => opcode switch
     {
         0x08 or 0x28 or 0xA8 or 0x88 or 0x2F or 0xAF or 0x8F or 0x34 or 0x90 or 0x1A or 0x5A => (true, false),
-        0x0A or 0x2A or 0xAA or 0x8A or 0x2E or 0xAE or 0x8E or 0x41 or 0x93 or 0x42 or 0x89 or 0x35 or 0x91 => (false, true),
+        0x0A or 0x2A or 0xAA or 0x8A or 0x2E or 0xAE or 0x8E or 0x41 or 0x93 or 0x42 or 0x89 or 0x8B or 0x35 or 0x91 => (false, true),
         0x1B => (false, true),
         0x16 or 0x56 => (false, false),
         _ => (false, false),
@@ -602,6 +605,81 @@ internal sealed class ScsiLogicalUnit
         }
     }
 
+    /// <summary>
+    /// ORWRITE(16) (SBC-3 5.13): each byte of the range becomes its old value OR the Data-Out byte, as one step
+    /// under the medium lock (the same atomicity as COMPARE AND WRITE).
+    /// </summary>
+    private ValueTask<ScsiResult> OrWrite(byte[] cdb, byte[]? data, int dataLength)
+    {
+        if ((cdb[1] & 0xe0) != 0)
+        {
+            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb)); // ORPROTECT
+        }
+
+        var lba = BinaryPrimitives.ReadUInt64BigEndian(cdb.AsSpan(2));
+        var blocks = BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(10));
+        if (CheckRange(lba, blocks) is { } bad)
+        {
+            return Done(bad);
+        }
+
+        if (ReadOnly)
+        {
+            return Done(ScsiResult.Check(ScsiSense.KeyDataProtect, ScsiSense.WriteProtected));
+        }
+
+        if (blocks > MaxTransferBlocks)
+        {
+            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
+        }
+
+        var length = (int)blocks << BlockShift;
+        if (blocks == 0)
+        {
+            return Done(ScsiResult.Good);
+        }
+
+        if (dataLength < length)
+        {
+            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
+        }
+
+        var offset = (long)lba << BlockShift;
+        var merged = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            ValueTask ack;
+            lock (_mediumLock)
+            {
+                var span = merged.AsSpan(0, length);
+                _volume.Read(offset, span);
+                var source = data.AsSpan(0, length);
+                for (var i = 0; i < length; i++)
+                {
+                    span[i] |= source[i];
+                }
+
+                ack = _volume.Write(offset, span, Fua(cdb));
+            }
+
+            return Complete(ack);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(merged);
+        }
+    }
+
+    /// <summary>READ DEFECT DATA(10)/(12) (SBC-3 5.20, 5.21): a file-backed volume has no defects; the lists are empty.</summary>
+    private static ScsiResult ReadDefectData(byte[] cdb, bool twelve)
+    {
+        var flags = (byte)(cdb[twelve ? 1 : 2] & 0x1f); // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT
+        var allocation = twelve ? BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(6)) : BinaryPrimitives.ReadUInt16BigEndian(cdb.AsSpan(7));
+        var data = new byte[twelve ? 8 : 4];
+        data[1] = flags; // PLISTV/GLISTV as requested, the list format echoed; the list length stays 0
+        return ScsiResult.WithData(data, (int)Math.Min(data.Length, allocation));
+    }
+
     private ScsiResult RequestSense(ScsiNexus nexus, byte[] cdb, ushort ascq, byte key)
     {
         if (key == ScsiSense.KeyNoSense && _unitAttentions.TryRemove(nexus, out var ua))
@@ -938,7 +1016,7 @@ internal sealed class ScsiLogicalUnit
         (0x5E, 3, true, 10), (0x5F, 0, true, 10), (0x5F, 1, true, 10), (0x5F, 2, true, 10), (0x5F, 3, true, 10),
         (0x5F, 4, true, 10), (0x5F, 5, true, 10), (0x5F, 6, true, 10), (0x88, 0, false, 16), (0x89, 0, false, 16),
         (0x8A, 0, false, 16), (0x8E, 0, false, 16), (0x8F, 0, false, 16), (0x90, 0, false, 16), (0x91, 0, false, 16),
-        (0x93, 0, false, 16), (0x9E, 0x10, true, 16), (0x9E, 0x12, true, 16), (0xA0, 0, false, 12),
+        (0x93, 0, false, 16), (0x8B, 0, false, 16), (0x37, 0, false, 10), (0xB7, 0, false, 12), (0x9E, 0x10, true, 16), (0x9E, 0x12, true, 16), (0xA0, 0, false, 12),
         (0xA3, 0x0C, true, 12), (0xA8, 0, false, 12), (0xAA, 0, false, 12), (0xAE, 0, false, 12), (0xAF, 0, false, 12),
     ];
 
