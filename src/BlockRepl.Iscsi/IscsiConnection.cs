@@ -410,33 +410,24 @@ internal sealed class IscsiConnection : IDisposable
                 return LoginFail(itt, isid, f.Status, f.Reason);
             }
 
-            // Leaving the security stage needs a finished authentication (12.1: CHAP, when configured).
-            var canTransit = transit && (csg != 0 || login.AuthDone);
-            if (transit && csg == 0 && !login.AuthDone && login.Auth == AuthKind.None && login.AuthMethodOffered)
+            // Leaving the security stage needs a finished authentication (12.1): CHAP when it is configured (for
+            // normal sessions), otherwise AuthMethod=None, which an initiator that skips the stage gets implicitly.
+            var chapRequired = _server.Options.Chap is not null && !login.Discovery;
+            if (transit && !login.AuthDone)
             {
-                canTransit = true;
-            }
-
-            if (transit && csg == 1 && !login.AuthDone)
-            {
-                if (_server.Options.Chap is not null && !login.Discovery)
+                if (!chapRequired)
                 {
-                    return LoginFail(itt, isid, 0x0201, "CHAP is required but the initiator skipped the security stage");
+                    login.AuthDone = true;
                 }
-
-                login.AuthDone = true;
-            }
-
-            if (canTransit && csg == 0)
-            {
-                if (_server.Options.Chap is not null && !login.Discovery && login.Auth != AuthKind.Chap)
+                else if (csg == 1 || login.Auth != AuthKind.Chap)
                 {
-                    return LoginFail(itt, isid, 0x0201, "CHAP is required");
+                    return LoginFail(itt, isid, 0x0201, csg == 1
+                        ? "CHAP is required but the initiator skipped the security stage"
+                        : "CHAP is required");
                 }
-
-                login.AuthDone = true;
             }
 
+            var canTransit = transit && login.AuthDone;
             if (!login.TargetPortalGroupTagSent && !login.Discovery && login.SessionTypeKnown)
             {
                 answers.Add(new("TargetPortalGroupTag", "1"));
@@ -597,11 +588,7 @@ internal sealed class IscsiConnection : IDisposable
                     var answer = _params.Answer(key, value);
                     if (answer is not null)
                     {
-                        answers.Add(new(key, answer));
-                        if (key == "DataDigest" || key == "HeaderDigest")
-                        {
-                            // nothing more: the digests start with the first full-feature PDU
-                        }
+                        answers.Add(new(key, answer)); // digests, once agreed, start with the first full-feature PDU
                     }
                     else if (key == "MaxRecvDataSegmentLength")
                     {
@@ -628,11 +615,6 @@ internal sealed class IscsiConnection : IDisposable
             {
                 return (0x0201, chapFailure);
             }
-        }
-
-        if (login.InitiatorName is null && !login.SessionTypeKnown && !dict.ContainsKey("InitiatorName") && login.TargetPortalGroupTagSent == false && csg == 0 && keys.Count == 0)
-        {
-            return null;
         }
 
         if (!login.SessionTypeKnown && login.InitiatorName is not null)

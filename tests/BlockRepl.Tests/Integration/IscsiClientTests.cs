@@ -90,6 +90,7 @@ public sealed partial class IscsiClientTests(ITestOutputHelper output)
     public async Task SyncPair_QemuIoWritesOverIscsi_ReplicatedByteForByte()
     {
         Tool.Require("qemu-io");
+        Tool.Require(Tool.QemuIscsiDriver);
         await using var pair = await ReplicaPair.StartAsync("sync", "64M", extra: ["--iscsi", "127.0.0.1:0"]);
         var random = new Random(5);
         List<string> commands = [];
@@ -148,6 +149,7 @@ public sealed partial class IscsiClientTests(ITestOutputHelper output)
     public async Task QemuIo_NbdAndIscsiOnOneVolume_EachReadsWhatTheOtherWrote()
     {
         Tool.Require("qemu-io");
+        Tool.Require(Tool.QemuIscsiDriver);
         using var dir = new TempDirectory();
         await using var daemon = await StartAsync(dir, "64M");
         var iscsi = Url(daemon);
@@ -176,6 +178,7 @@ public sealed partial class IscsiClientTests(ITestOutputHelper output)
     [Fact]
     public async Task Chap_WrongOrMissingSecretRefused_MutualChapAndHeaderDigestWork()
     {
+        Tool.Require(Tool.QemuIscsiDriver);
         using var dir = new TempDirectory();
         await using var daemon = await StartAsync(dir, "64M", "--iscsi-chap", "alice:alice-secret-12", "--iscsi-mutual-chap", "target1:target-secret-34");
 
