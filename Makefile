@@ -5,6 +5,7 @@
 #   make run          deps + build, then start a local primary/secondary pair (tools/run-local.sh)
 #   make bench        deps + build, then the NBD end-to-end benchmark vs qemu-nbd and nbdkit
 #   make bench-repl   deps + build, then the replication benchmark vs qemu-storage-daemon mirrors
+#   make bench-iscsi  deps + build, then the iSCSI benchmark vs tgt (installs Debian's tgt if missing)
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs
 
@@ -26,7 +27,7 @@ TEST_ARGS     ?=
 MICRO_FILTER  ?= *
 MICRO_ARGS    ?=
 
-.PHONY: deps build test run bench bench-repl bench-micro clean
+.PHONY: deps build test run bench bench-repl bench-iscsi bench-micro clean
 
 deps:
 	bash tools/install-deps.sh
@@ -46,6 +47,9 @@ bench: deps build
 
 bench-repl: deps build
 	bash bench/repl-bench.sh
+
+bench-iscsi: deps build
+	bash bench/iscsi-bench.sh
 
 bench-micro: deps
 	$(DOTNET) run -c $(CONFIGURATION) --project $(MICRO_PROJECT) -- --filter '$(MICRO_FILTER)' $(MICRO_ARGS)
