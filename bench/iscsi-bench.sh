@@ -105,7 +105,7 @@ tgtadm -C "$TGT_CONTROL_PORT" --lld iscsi --op new --mode logicalunit --tid 1 --
 tgtadm -C "$TGT_CONTROL_PORT" --lld iscsi --op bind --mode target --tid 1 -I ALL
 TGT_URL="iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/1"
 iscsi-ls -s "iscsi://127.0.0.1:$TGT_PORT" | grep -q "$TGT_IQN" || die "tgtd does not list $TGT_IQN"
-TGT_VERSION="$(tgtadm -C "$TGT_CONTROL_PORT" --op show --mode system 2>/dev/null | sed -n 's/^ *version: *//p' | head -1)"
+TGT_VERSION="$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || true)"
 
 declare -A URLS=([blockrepl]="$BR_URL" [tgt]="$TGT_URL")
 TARGETS=(blockrepl tgt)
