@@ -46,6 +46,7 @@ internal sealed class IscsiConnection : IDisposable
     private uint _nextTtt = 1;
     private bool _fullFeature;
     private volatile bool _stopping;
+    private bool _disposed;
     private bool _discovery;
     private IscsiTargetState? _target;
     private ScsiNexus? _nexus;
@@ -98,11 +99,17 @@ internal sealed class IscsiConnection : IDisposable
 
     public void Dispose()
     {
-        _socket.Dispose();
-        if (_sendBuffer is not null)
+        // Under the send lock: a command completing on the thread pool may be sending right now, and the send
+        // buffer must not go back to the pool under it. Later sends see _disposed and fail.
+        lock (_sendLock)
         {
-            ArrayPool<byte>.Shared.Return(_sendBuffer);
-            _sendBuffer = null;
+            _disposed = true;
+            _socket.Dispose();
+            if (_sendBuffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(_sendBuffer);
+                _sendBuffer = null;
+            }
         }
     }
 
@@ -261,6 +268,7 @@ internal sealed class IscsiConnection : IDisposable
         SetDataSegmentLength(bhs, data.Length);
         lock (_sendLock)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             _active -= completed;
             if (setStatSn)
             {
