@@ -25,8 +25,8 @@ internal sealed record ServeOptions
 
     public string? Admin { get; init; }
 
-    /// <summary>iSCSI listen address (HOST:PORT), or "off" (the default).</summary>
-    public string Iscsi { get; init; } = "off";
+    /// <summary>iSCSI listen address (HOST:PORT), or "off"/null (the default): no iSCSI.</summary>
+    public string? Iscsi { get; init; }
 
     /// <summary>The volume's iSCSI target name; default iqn.2026-11.io.blockrepl:VOLUME.</summary>
     public string? IscsiIqn { get; init; }
@@ -152,7 +152,7 @@ internal sealed record ServeOptions
     /// <summary>The iSCSI flags, validated; null when <c>--iscsi off</c>.</summary>
     public IscsiSettings? ToIscsiSettings()
     {
-        if (string.Equals(Iscsi, "off", StringComparison.Ordinal))
+        if (Iscsi is null || string.Equals(Iscsi, "off", StringComparison.Ordinal))
         {
             if (IscsiChap is not null || IscsiMutualChap is not null || IscsiIqn is not null)
             {
