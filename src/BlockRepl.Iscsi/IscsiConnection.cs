@@ -25,7 +25,7 @@ namespace BlockRepl.Iscsi;
 internal sealed class IscsiConnection : IDisposable
 {
     public const int CommandWindow = 64;
-    public const long MaxBufferedWriteBytes = 64L * 1024 * 1024;
+    public const long MaxBufferedWriteBytes = 32L * 1024 * 1024;
 
     private readonly Socket _socket;
     private readonly IscsiServer _server;
