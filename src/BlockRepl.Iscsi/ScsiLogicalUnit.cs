@@ -116,7 +116,7 @@ internal sealed class ScsiLogicalUnit
                 case 0x1A: return Done(ModeSense(cdb, ten: false));
                 case 0x5A: return Done(ModeSense(cdb, ten: true));
                 case 0x1B: return Done(StartStopUnit(cdb));
-                case 0x1E: return Done(PreventAllow(cdb));
+                case 0x1E: return Done(PreventAllow());
                 case 0x16 or 0x56: // RESERVE(6)/(10)
                     return Done(Reservations.Reserve6(nexus) ? ScsiResult.Good : ScsiResult.WithStatus(ScsiSense.StatusReservationConflict));
                 case 0x17 or 0x57: // RELEASE(6)/(10)
@@ -954,7 +954,7 @@ internal sealed class ScsiLogicalUnit
             default: return ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb);
         }
 
-        var descriptor = dbd ? [] : BlockDescriptor(ten);
+        var descriptor = dbd ? [] : BlockDescriptor();
         var header = ten ? 8 : 4;
         var data = new byte[header + descriptor.Length + pages.Count];
         var deviceSpecific = (byte)((ReadOnly ? 0x80 : 0) | 0x10); // WP, DPOFUA
@@ -976,7 +976,8 @@ internal sealed class ScsiLogicalUnit
         return ScsiResult.WithData(data, Math.Min(data.Length, (int)allocation));
     }
 
-    private byte[] BlockDescriptor(bool ten)
+    /// <summary>The short (8-byte) mode parameter block descriptor (SBC-3 6.4.4.2), for both MODE SENSE sizes (LONGLBA 0).</summary>
+    private byte[] BlockDescriptor()
     {
         var d = new byte[8];
         var blocks = BlockCount > 0xffffff ? 0xffffffu : (uint)BlockCount;
@@ -984,7 +985,6 @@ internal sealed class ScsiLogicalUnit
         d[0] = 0; // density code
         BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(4), BlockSize);
         d[4] = 0;
-        _ = ten;
         return d;
     }
 
@@ -999,11 +999,8 @@ internal sealed class ScsiLogicalUnit
         return ScsiResult.Good; // no medium to load or eject; power conditions are not modelled
     }
 
-    private static ScsiResult PreventAllow(byte[] cdb)
-    {
-        _ = cdb;
-        return ScsiResult.Good; // RMB is 0: the medium is not removable, so there is nothing to prevent
-    }
+    /// <summary>PREVENT ALLOW MEDIUM REMOVAL: RMB is 0, the medium is not removable, so there is nothing to prevent.</summary>
+    private static ScsiResult PreventAllow() => ScsiResult.Good;
 
     /// <summary>Commands this unit runs, with their CDB length, for REPORT SUPPORTED OPERATION CODES.</summary>
     private static readonly (byte Opcode, ushort ServiceAction, bool HasServiceAction, byte CdbLength)[] Supported =

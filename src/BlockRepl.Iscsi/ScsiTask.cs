@@ -8,7 +8,7 @@ namespace BlockRepl.Iscsi;
 /// </summary>
 internal sealed record ScsiNexus(string InitiatorName, ulong Isid)
 {
-    /// <summary>The SCSI initiator port name (RFC 7143 10.? "iqn...,i,0x&lt;ISID&gt;").</summary>
+    /// <summary>The SCSI initiator port name iSCSI defines: the initiator name, ",i,0x", the ISID in hex.</summary>
     public string InitiatorPort => $"{InitiatorName},i,0x{Isid:x12}";
 }
 
