@@ -7,6 +7,7 @@
 #   make bench-repl   deps + build, then the replication benchmark vs qemu-storage-daemon mirrors
 #   make bench-al     deps + build, then pairs with the activity log on vs off (bench/results/al-bench-latest.md)
 #   make bench-resync deps + build, then resync speed and the latency of application writes during a resync
+#   make bench-iscsi  deps + build, then the iSCSI benchmark vs tgt (installs Debian's tgt if missing)
 #   make bench-micro  BenchmarkDotNet micro-benchmarks (bench/BlockRepl.Benchmarks)
 #   make clean        remove build outputs
 
@@ -28,7 +29,7 @@ TEST_ARGS     ?=
 MICRO_FILTER  ?= *
 MICRO_ARGS    ?=
 
-.PHONY: deps build test run bench bench-repl bench-al bench-resync bench-micro clean
+.PHONY: deps build test run bench bench-repl bench-al bench-resync bench-iscsi bench-micro clean
 
 deps:
 	bash tools/install-deps.sh
@@ -55,6 +56,9 @@ bench-al: deps build
 
 bench-resync: deps build
 	bash bench/resync-bench.sh
+
+bench-iscsi: deps build
+	bash bench/iscsi-bench.sh
 
 bench-micro: deps
 	$(DOTNET) run -c $(CONFIGURATION) --project $(MICRO_PROJECT) -- --filter '$(MICRO_FILTER)' $(MICRO_ARGS)

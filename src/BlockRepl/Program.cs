@@ -2,7 +2,7 @@ using System.CommandLine;
 using BlockRepl;
 
 // blockrepl: the CLI. Every verb reports bad input as one line on stderr and exit code 1.
-var root = new RootCommand("blockrepl: block device replication over NBD");
+var root = new RootCommand("blockrepl: block device replication over NBD and iSCSI");
 
 var config = new Option<string?>("--config") { Description = "JSON config file; flags override it" };
 var dataDir = new Option<string?>("--data-dir") { Description = "directory for images, metadata and the admin socket (default ./data)" };
@@ -12,6 +12,11 @@ var size = new Option<string?>("--size") { Description = "size of a new image, e
 var role = new Option<string?>("--role") { Description = "primary|secondary for newly created metadata (default primary)" };
 var nbd = new Option<string?>("--nbd") { Description = "NBD endpoint: HOST:PORT, unix:PATH or off (default 127.0.0.1:10809)" };
 var admin = new Option<string?>("--admin") { Description = "admin endpoint: unix:PATH or 127.0.0.1:PORT (default unix:DATA_DIR/admin.sock)" };
+
+var iscsi = new Option<string?>("--iscsi") { Description = "iSCSI endpoint HOST:PORT, or off (default off)" };
+var iscsiIqn = new Option<string?>("--iscsi-iqn") { Description = "the volume's iSCSI target name (default iqn.2026-11.io.blockrepl:VOLUME)" };
+var iscsiChap = new Option<string?>("--iscsi-chap") { Description = "USER:SECRET: initiators must log in with CHAP (default: no authentication)" };
+var iscsiMutualChap = new Option<string?>("--iscsi-mutual-chap") { Description = "USER:SECRET the target proves itself with when an initiator asks for mutual CHAP" };
 
 var listen = new Option<string?>("--listen") { Description = "replication listen address HOST:PORT, or off (default off)" };
 var peer = new Option<string?>("--peer") { Description = "the peer's replication address http://HOST:PORT (default none: standalone)" };
@@ -25,9 +30,9 @@ var resync = new Option<string?>("--resync") { Description = "data|checksum: a r
 
 var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
 
-var serve = new Command("serve", "run the daemon: export the volume over NBD, replicate it to a peer")
+var serve = new Command("serve", "run the daemon: export the volume over NBD (and iSCSI), replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate, resync,
+    config, dataDir, volumeName, image, size, role, nbd, admin, iscsi, iscsiIqn, iscsiChap, iscsiMutualChap, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate, resync,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -41,6 +46,10 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         Role = result.GetValue(role) ?? fromFile.Role,
         Nbd = result.GetValue(nbd) ?? fromFile.Nbd,
         Admin = result.GetValue(admin) ?? fromFile.Admin,
+        Iscsi = result.GetValue(iscsi) ?? fromFile.Iscsi,
+        IscsiIqn = result.GetValue(iscsiIqn) ?? fromFile.IscsiIqn,
+        IscsiChap = result.GetValue(iscsiChap) ?? fromFile.IscsiChap,
+        IscsiMutualChap = result.GetValue(iscsiMutualChap) ?? fromFile.IscsiMutualChap,
         Listen = result.GetValue(listen) ?? fromFile.Listen,
         Peer = result.GetValue(peer) ?? fromFile.Peer,
         Mode = result.GetValue(mode) ?? fromFile.Mode,

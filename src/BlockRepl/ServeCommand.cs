@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using BlockRepl.Core;
+using BlockRepl.Iscsi;
 using BlockRepl.Nbd;
 using BlockRepl.Replication.Grpc;
 using BlockRepl.Replication.Service;
@@ -37,6 +38,7 @@ internal static class ServeCommand
             }
         }
 
+        var iscsiSettings = options.ToIscsiSettings();
         var admin = AdminAddress.Parse(options.AdminAddress);
         Directory.CreateDirectory(options.DataDir);
 
@@ -132,12 +134,30 @@ internal static class ServeCommand
             }
         }
 
+        using var iscsi = iscsiSettings is null
+            ? null
+            : new IscsiServer([new IscsiTarget(iscsiSettings.Iqn, volume)], iscsiSettings.Server, loggers.CreateLogger("iscsi"));
+        if (iscsi is not null)
+        {
+            try
+            {
+                iscsi.Listen(iscsiSettings!.Endpoint);
+            }
+            catch (SocketException ex)
+            {
+                throw new UserError($"cannot listen for iSCSI on {iscsiSettings!.Endpoint}: {ex.Message}");
+            }
+        }
+
+        // A role change ends every front-end connection, so clients see the volume's new write protection.
+        int DisconnectClients() => nbd.DisconnectClients() + (iscsi?.DisconnectClients() ?? 0);
+
         var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout, ChecksumResync = replication.ChecksumResync };
         var replLog = loggers.CreateLogger("replication");
         var volumes = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
         var replica = new ReplicaService(volumes, settings, replLog);
         var adminService = new AdminService(
-            [new AdminVolume(volume, replication.Peer?.ToString(), nbd.DisconnectClients)],
+            [new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)],
             replica, replication.Listen?.Port == 0 ? null : replication.Listen?.Port, DateTimeOffset.UtcNow, replLog);
         if (replication.Listen is not null)
         {
@@ -165,7 +185,7 @@ internal static class ServeCommand
         PeerConnector? connector = null;
         if (replication.Peer is not null)
         {
-            connector = new PeerConnector(volume, replication.Peer, settings, replLog, _ => nbd.DisconnectClients());
+            connector = new PeerConnector(volume, replication.Peer, settings, replLog, _ => DisconnectClients());
             connector.Start();
         }
 
@@ -173,19 +193,21 @@ internal static class ServeCommand
         {
             DaemonLog.ShuttingDown(log);
             replica.Stop(); // Kestrel's graceful stop would otherwise wait for the inbound stream to end
-            if (!nbd.Stop(DrainTimeout))
+            if (!nbd.Stop(DrainTimeout) | !(iscsi?.Stop(DrainTimeout) ?? true))
             {
                 DaemonLog.DrainTimedOut(log, DrainTimeout.TotalSeconds);
             }
         });
 
         var nbdUri = nbd.BoundEndpoints.Count == 0 ? "off" : NbdUri(nbd.BoundEndpoints[0], volume.Name);
-        var extra = (listenText is null ? "" : $" listen={listenText}") + (replication.Peer is null ? "" : $" peer={replication.Peer}");
+        var iscsiText = iscsi is null ? "" : $" iscsi={iscsi.BoundEndpoints[0]}";
+        var extra = iscsiText + (listenText is null ? "" : $" listen={listenText}") + (replication.Peer is null ? "" : $" peer={replication.Peer}");
         Console.Out.WriteLine($"blockrepl: ready volume={volume.Name} nbd={nbdUri} admin={admin}{extra}");
         Console.Out.Flush();
 
         await app.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
         nbd.Stop(DrainTimeout); // idempotent; covers a shutdown that did not come through the host
+        iscsi?.Stop(DrainTimeout);
         if (connector is not null)
         {
             await WaitForDrainAsync(volume, TimeSpan.FromSeconds(10)).ConfigureAwait(false);

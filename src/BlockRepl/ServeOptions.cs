@@ -7,7 +7,7 @@ namespace BlockRepl;
 /// <summary>
 /// The settings of <c>blockrepl serve</c>. Precedence: command-line flag, then the JSON config file, then
 /// the default. Config keys are the flag names in camelCase (<c>dataDir</c>, <c>volume</c>, <c>image</c>,
-/// <c>size</c>, <c>role</c>, <c>nbd</c>, <c>admin</c>).
+/// <c>size</c>, <c>role</c>, <c>nbd</c>, <c>admin</c>, <c>iscsi</c>, <c>iscsiIqn</c>, <c>iscsiChap</c>, <c>iscsiMutualChap</c>).
 /// </summary>
 internal sealed record ServeOptions
 {
@@ -24,6 +24,18 @@ internal sealed record ServeOptions
     public string Nbd { get; init; } = "127.0.0.1:10809";
 
     public string? Admin { get; init; }
+
+    /// <summary>iSCSI listen address (HOST:PORT), or "off"/null (the default): no iSCSI.</summary>
+    public string? Iscsi { get; init; }
+
+    /// <summary>The volume's iSCSI target name; default iqn.2026-11.io.blockrepl:VOLUME.</summary>
+    public string? IscsiIqn { get; init; }
+
+    /// <summary>USER:SECRET initiators must authenticate with (CHAP); null for AuthMethod None.</summary>
+    public string? IscsiChap { get; init; }
+
+    /// <summary>USER:SECRET the target answers a mutual CHAP challenge with.</summary>
+    public string? IscsiMutualChap { get; init; }
 
     /// <summary>Replication listen address (HOST:PORT), or null/"off" for none.</summary>
     public string? Listen { get; init; }
@@ -179,6 +191,70 @@ internal sealed record ServeOptions
         throw new UserError($"{flag} '{text}' is not a duration between 100ms and 10m (e.g. 2s, 500ms)");
     }
 
+    /// <summary>The iSCSI flags, validated; null when <c>--iscsi off</c>.</summary>
+    public IscsiSettings? ToIscsiSettings()
+    {
+        if (Iscsi is null || string.Equals(Iscsi, "off", StringComparison.Ordinal))
+        {
+            if (IscsiChap is not null || IscsiMutualChap is not null || IscsiIqn is not null)
+            {
+                throw new UserError("--iscsi-iqn, --iscsi-chap and --iscsi-mutual-chap need --iscsi HOST:PORT");
+            }
+
+            return null;
+        }
+
+        System.Net.IPEndPoint endpoint;
+        try
+        {
+            endpoint = BlockRepl.Iscsi.IscsiEndpoint.Parse(Iscsi);
+        }
+        catch (FormatException ex)
+        {
+            throw new UserError($"--iscsi: {ex.Message}");
+        }
+
+        var iqn = IscsiIqn ?? BlockRepl.Iscsi.IscsiTarget.DefaultIqn(Volume);
+        if (!BlockRepl.Iscsi.IscsiTarget.IsValidName(iqn))
+        {
+            throw new UserError(IscsiIqn is null
+                ? $"volume name '{Volume}' does not make a valid iSCSI name ({iqn}): give one with --iscsi-iqn"
+                : $"--iscsi-iqn '{iqn}' is not a valid iSCSI name (iqn.YYYY-MM.reversed.domain[:name], lowercase)");
+        }
+
+        BlockRepl.Iscsi.IscsiChapSecret? chap = null;
+        BlockRepl.Iscsi.IscsiChapSecret? mutual = null;
+        try
+        {
+            chap = IscsiChap is null ? null : BlockRepl.Iscsi.IscsiChapSecret.Parse(IscsiChap);
+        }
+        catch (FormatException ex)
+        {
+            throw new UserError($"--iscsi-chap: {ex.Message}");
+        }
+
+        try
+        {
+            mutual = IscsiMutualChap is null ? null : BlockRepl.Iscsi.IscsiChapSecret.Parse(IscsiMutualChap);
+        }
+        catch (FormatException ex)
+        {
+            throw new UserError($"--iscsi-mutual-chap: {ex.Message}");
+        }
+
+        if (mutual is not null && chap is null)
+        {
+            throw new UserError("--iscsi-mutual-chap needs --iscsi-chap (mutual CHAP follows the initiator's own CHAP)");
+        }
+
+        if (mutual is not null && chap is not null && mutual.Secret == chap.Secret)
+        {
+            throw new UserError("--iscsi-mutual-chap must use a different secret than --iscsi-chap (RFC 7143 12.1.3)");
+        }
+
+        return new IscsiSettings(endpoint, iqn, new BlockRepl.Iscsi.IscsiServerOptions { Chap = chap, MutualChap = mutual });
+    }
+
     public VolumeOptions ToVolumeOptions()
     {
         long size = 0;
@@ -229,6 +305,9 @@ internal sealed record ReplicationOptions(
     long SendQueueBytes,
     Core.Replication.ResyncSettings Resync,
     bool ChecksumResync = false);
+
+/// <summary>The iSCSI flags, validated.</summary>
+internal sealed record IscsiSettings(System.Net.IPEndPoint Endpoint, string Iqn, BlockRepl.Iscsi.IscsiServerOptions Server);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, ReadCommentHandling = JsonCommentHandling.Skip,
     AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow)]

@@ -14,8 +14,9 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 {
     private readonly ChildProcess _child;
 
-    private DaemonProcess(ChildProcess child, string dataDir, string volume, string nbdUri, string adminAddress, string imagePath)
+    private DaemonProcess(ChildProcess child, string dataDir, string volume, string nbdUri, string adminAddress, string imagePath, string? iscsiAddress = null)
     {
+        IscsiAddress = iscsiAddress;
         _child = child;
         DataDir = dataDir;
         Volume = volume;
@@ -25,6 +26,9 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
     }
 
     public string DataDir { get; }
+
+    /// <summary>`127.0.0.1:PORT` of the iSCSI portal, as the ready line said (`iscsi=`), or null when it is off.</summary>
+    public string? IscsiAddress { get; }
 
     public string Volume { get; }
 
@@ -103,7 +107,8 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
             }
 
             var imagePath = image ?? Path.Combine(DataDirOf(dir), volume + ".img");
-            return new DaemonProcess(child, DataDirOf(dir), volume, uri, m.Groups["admin"].Value, imagePath);
+            var iscsi = m.Groups["iscsi"].Success ? m.Groups["iscsi"].Value : null;
+            return new DaemonProcess(child, DataDirOf(dir), volume, uri, m.Groups["admin"].Value, imagePath, iscsi);
         }
         catch
         {
@@ -167,6 +172,6 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     public ValueTask DisposeAsync() => _child.DisposeAsync();
 
-    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: listen=\S+)?(?: peer=\S+)?$")]
+    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: iscsi=(?<iscsi>\S+))?(?: listen=\S+)?(?: peer=\S+)?$")]
     private static partial Regex ReadyLine();
 }

@@ -40,8 +40,16 @@ internal static class Tool
         ["fio"] = "fio",
         ["nbdkit"] = "nbdkit",
         ["stat"] = "coreutils",
+        ["iscsi-test-cu"] = "libiscsi-bin",
+        [QemuIscsiDriver] = "qemu-block-extra",
+        ["iscsi-ls"] = "libiscsi-bin",
+        ["iscsi-inq"] = "libiscsi-bin",
+        ["iscsi-readcapacity16"] = "libiscsi-bin",
         ["/usr/bin/python3"] = "python3-libnbd",
     };
+
+    /// <summary>qemu's iscsi:// block driver (a module of Debian's qemu-block-extra).</summary>
+    public const string QemuIscsiDriver = "/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so";
 
     public static string InstallHint(string package) =>
         $"install it with `apt-get install -y --no-install-recommends {package}` (or run `make deps`)";
