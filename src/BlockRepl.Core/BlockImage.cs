@@ -76,9 +76,30 @@ public sealed class BlockImage : IDisposable
         }
     }
 
+    /// <summary>
+    /// Test hook (`serve --fault-injection-file`): while set, every read, write, zero and flush fails with EIO, as a
+    /// dying disk would.
+    /// </summary>
+    public bool InjectFailures
+    {
+        get => Volatile.Read(ref _injectFailures) != 0;
+        set => Volatile.Write(ref _injectFailures, value ? 1 : 0);
+    }
+
+    private int _injectFailures;
+
+    private void ThrowIfInjected(string op, long offset, long length)
+    {
+        if (Volatile.Read(ref _injectFailures) != 0)
+        {
+            throw new BlockImageException($"{op} of {Path} at {offset}+{length} failed: injected I/O error (errno {LibC.EIO})", LibC.EIO);
+        }
+    }
+
     public unsafe void Read(long offset, Span<byte> destination)
     {
         CheckRange(offset, destination.Length);
+        ThrowIfInjected("pread", offset, destination.Length);
         fixed (byte* p = destination)
         {
             var done = 0;
@@ -110,6 +131,7 @@ public sealed class BlockImage : IDisposable
     public unsafe void Write(long offset, ReadOnlySpan<byte> source)
     {
         CheckRange(offset, source.Length);
+        ThrowIfInjected("pwrite", offset, source.Length);
         fixed (byte* p = source)
         {
             var done = 0;
@@ -135,6 +157,7 @@ public sealed class BlockImage : IDisposable
     /// <summary>fdatasync: every write that completed before this call is durable when it returns.</summary>
     public void Flush()
     {
+        ThrowIfInjected("fdatasync", 0, Size);
         while (LibC.fdatasync(_fd) != 0)
         {
             var errno = Marshal.GetLastPInvokeError();
@@ -154,6 +177,7 @@ public sealed class BlockImage : IDisposable
     public bool Zero(long offset, long length, bool mayDeallocate, bool onlyIfFast)
     {
         CheckRange(offset, length);
+        ThrowIfInjected("fallocate", offset, length);
         if (length == 0)
         {
             return true;

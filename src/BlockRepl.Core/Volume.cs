@@ -24,7 +24,7 @@ public sealed partial class Volume : IDisposable
     private readonly MetaFile _metaFile;
     private readonly int _activityLogExtents;
     private readonly uint[] _loggedAtOpen;
-    private readonly bool _recoverFromLog;
+    private bool _recoverFromLog;
     private ActivityLog? _al;
     private long _nextClientId;
     private int _disposed;
@@ -75,10 +75,29 @@ public sealed partial class Volume : IDisposable
             _bumpPending = true;
         }
 
+        if (_disk == DiskState.Diskless)
+        {
+            // The last run detached its failed disk and served through the peer: this image lacks what went only
+            // to the peer. It comes back as an outdated secondary that needs a full resync from the peer (promote
+            // the peer first); it is never served as an up-to-date primary.
+            _role = VolumeRole.Secondary;
+            _disk = DiskState.Outdated;
+            _bumpPending = false;
+            _recoverFromLog = false;
+            metadata.Role = VolumeRole.Secondary.Name();
+            metadata.Disk = DiskState.Outdated.Name();
+            metadata.NeedsFullSync = true;
+            StartNote = $"volume {metadata.Name}: the last run detached its failed disk (diskless): the image lacks writes only the peer holds; "
+                + "starting as an outdated secondary (promote the peer; this node then gets a full resync)";
+        }
+
         metadata.ActivityLogKept = activityLogExtents > 0;
         metadata.CleanShutdown = false;
         metaFile.Save(metadata);
     }
+
+    /// <summary>A warning about how the volume was opened, for the daemon's log, or null.</summary>
+    public string? StartNote { get; }
 
     /// <summary>What the activity log recovered at this start (after a crash of the primary), or null.</summary>
     public string? RecoveryNote { get; private set; }
@@ -231,7 +250,13 @@ public sealed partial class Volume : IDisposable
                 warn?.Invoke($"volume {options.Name}: --role {options.InitialRole.Name()} ignored; {metadataPath} records role {metadata.Role}");
             }
 
-            return new Volume(image, metadata, metaFile!, options.ActivityLogExtents);
+            var volume = new Volume(image, metadata, metaFile!, options.ActivityLogExtents);
+            if (volume.StartNote is { } note)
+            {
+                warn?.Invoke(note);
+            }
+
+            return volume;
         }
         catch
         {
@@ -247,9 +272,19 @@ public sealed partial class Volume : IDisposable
     /// </summary>
     public void Read(long offset, Span<byte> destination)
     {
+        if (_diskless)
+        {
+            ReadThroughPeer(offset, destination);
+            return;
+        }
+
         try
         {
             _image.Read(offset, destination);
+        }
+        catch (BlockImageException ex) when (TryDetachForRead(ex))
+        {
+            ReadThroughPeer(offset, destination);
         }
         catch (BlockImageException)
         {
@@ -335,7 +370,14 @@ public sealed partial class Volume : IDisposable
                 seq = _link?.LastAssignedSeq ?? 0;
                 try
                 {
-                    _image.Write(offset, data);
+                    if (!SkipLocalLocked(offset, data.Length, peer))
+                    {
+                        _image.Write(offset, data);
+                    }
+                }
+                catch (BlockImageException ex) when (TryDetachLocked(ex, peer, offset, data.Length))
+                {
+                    // The local disk failed; the peer has the write (sync): served through it from now on.
                 }
                 catch (BlockImageException)
                 {
@@ -445,7 +487,13 @@ public sealed partial class Volume : IDisposable
             peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
             try
             {
-                RunCounted(() => _image.Trim(offset, length));
+                if (!SkipLocalLocked(offset, length, peer))
+                {
+                    RunCounted(() => _image.Trim(offset, length));
+                }
+            }
+            catch (BlockImageException ex) when (TryDetachLocked(ex, peer, offset, length))
+            {
             }
             catch (BlockImageException)
             {
@@ -460,7 +508,7 @@ public sealed partial class Volume : IDisposable
 
     private ValueTask Acknowledge(Task? peer, bool fua)
     {
-        var local = fua ? _flush.FlushAsync() : null;
+        var local = fua ? LocalFlushAsync(peer) : null;
         return (peer, local) switch
         {
             (null, null) => ValueTask.CompletedTask,
@@ -505,19 +553,43 @@ public sealed partial class Volume : IDisposable
         {
             EnsureWritable();
             BeforeChangeLocked(); // the new generation is on disk before the change it covers
-            try
+            if (_diskless)
             {
-                RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
-            }
-            catch (BlockImageException)
-            {
-                _link?.MarkDirty(offset, length); // part of the range may have changed: resync it
-                throw;
-            }
-
-            if (done)
-            {
+                // Diskless: the zero range goes to the peer only (it always zeroes, whatever the hint).
                 peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                if (!SkipLocalLocked(offset, length, peer))
+                {
+                    throw new BlockImageException($"volume {Name}: the local disk is detached and the peer is away", Native.LibC.EIO);
+                }
+
+                done = true;
+            }
+            else
+            {
+                try
+                {
+                    RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
+                }
+                catch (BlockImageException ex) when (CanDetachLocked())
+                {
+                    peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                    if (!TryDetachLocked(ex, peer, offset, length))
+                    {
+                        throw;
+                    }
+
+                    done = true;
+                }
+                catch (BlockImageException)
+                {
+                    _link?.MarkDirty(offset, length); // part of the range may have changed: resync it
+                    throw;
+                }
+
+                if (done && peer is null)
+                {
+                    peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                }
             }
         }
 
@@ -553,14 +625,29 @@ public sealed partial class Volume : IDisposable
             }
         }
 
-        var local = _flush.FlushAsync();
-        return new ValueTask(peer is null ? local : Task.WhenAll(peer, local));
+        var local = LocalFlushAsync(peer);
+        return new ValueTask(local is null ? peer ?? Task.CompletedTask : peer is null ? local : Task.WhenAll(peer, local));
     }
 
-    public void Prefetch(long offset, long length) => _image.Prefetch(offset, length);
+    public void Prefetch(long offset, long length)
+    {
+        if (!_diskless)
+        {
+            _image.Prefetch(offset, length);
+        }
+    }
 
-    public int GetExtents(long offset, long length, Span<ImageExtent> destination) =>
-        _image.GetExtents(offset, length, destination);
+    public int GetExtents(long offset, long length, Span<ImageExtent> destination)
+    {
+        if (_diskless)
+        {
+            // The local extent map is stale: claim data everywhere (never a hole that is not one).
+            destination[0] = new ImageExtent(offset, Math.Min(length, Size - offset), IsHole: false);
+            return 1;
+        }
+
+        return _image.GetExtents(offset, length, destination);
+    }
 
     public IDisposable AttachClient(string frontEnd, string remote)
     {
@@ -578,7 +665,23 @@ public sealed partial class Volume : IDisposable
 
         try
         {
-            _image.Flush();
+            if (_diskless)
+            {
+                // The metadata says diskless: the next start comes back as an outdated secondary.
+                ShutdownWarning = $"volume {Name}: stopped while diskless; its image lacks {LocalMissingBytes} bytes that only the peer holds";
+                return;
+            }
+
+            try
+            {
+                _image.Flush();
+            }
+            catch (BlockImageException ex)
+            {
+                ShutdownWarning = $"volume {Name}: the final fdatasync failed ({ex.Message}); the next start treats the stop as a crash";
+                return;
+            }
+
             try
             {
                 var persisted = false;

@@ -124,6 +124,20 @@ internal static class AdminCommands
         return 0;
     }
 
+    public static async Task<int> AttachAsync(AdminAddress admin, string? volume, CancellationToken cancellationToken)
+    {
+        var reply = await CallAsync<AttachRequest, AttachReply>(admin, AdminService.AttachPath, new AttachRequest { Volume = volume ?? "" }, TimeSpan.FromMinutes(30), cancellationToken)
+            .ConfigureAwait(false);
+        if (!reply.Done)
+        {
+            await Console.Error.WriteLineAsync($"blockrepl: attach refused: {reply.Reason}").ConfigureAwait(false);
+            return 1;
+        }
+
+        Console.Out.WriteLine($"blockrepl: local disk attached ({ByteSize.Format((long)reply.PulledBytes)} pulled from the peer)");
+        return 0;
+    }
+
     public static async Task<int> ResolveAsync(AdminAddress admin, string? volume, bool discardMyData, CancellationToken cancellationToken)
     {
         if (!discardMyData)
@@ -306,6 +320,11 @@ internal static class AdminCommands
             if (v.ActivityLog is { } al)
             {
                 sb.AppendLine(ci, $"  activity log: {al.HotExtents} of {al.Capacity} extents hot (4 MiB each)  {al.Transactions} transactions  {al.Evictions} evictions");
+            }
+
+            if (v.LocalMissingBytes > 0 || v.Disk == "diskless")
+            {
+                sb.AppendLine(ci, $"  local disk detached: reads and writes go through the peer; {ByteSize.Format(v.LocalMissingBytes)} written only there (blockrepl attach pulls them back)");
             }
 
             if (v.DiscardMyData)

@@ -28,11 +28,13 @@ var resyncRate = new Option<string?>("--resync-rate") { Description = "cap on th
 var resyncMinRate = new Option<string?>("--resync-min-rate") { Description = "resync rate kept while the application writes, bytes/s (default 64M; 0: no pacing)" };
 var resync = new Option<string?>("--resync") { Description = "data|checksum: a resync sends every dirty range, or first compares chunk hashes with the peer and sends only what differs (default data)" };
 
+var onIoError = new Option<string?>("--on-io-error") { Description = "detach|pass: on a local I/O error a connected sync primary goes diskless and serves through its peer, or the client gets the error (default detach)" };
+var faultFile = new Option<string?>("--fault-injection-file") { Description = "test hook: while this file exists the local image fails with EIO" };
 var activityLog = new Option<string?>("--activity-log") { Description = "activity-log size in 4 MiB extents, or off (default 1024: a primary crash resyncs only what it names)" };
 
 var serve = new Command("serve", "run the daemon: export the volume over NBD (and iSCSI), replicate it to a peer")
 {
-    config, dataDir, volumeName, image, size, role, nbd, admin, iscsi, iscsiIqn, iscsiChap, iscsiMutualChap, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate, resync,
+    config, dataDir, volumeName, image, size, role, nbd, admin, iscsi, iscsiIqn, iscsiChap, iscsiMutualChap, listen, peer, mode, onPeerLoss, peerTimeout, sendQueue, activityLog, resyncRate, resyncMinRate, resync, onIoError, faultFile,
 };
 serve.SetAction((result, ct) => Cli.Run(async () =>
 {
@@ -58,6 +60,8 @@ serve.SetAction((result, ct) => Cli.Run(async () =>
         SendQueue = result.GetValue(sendQueue) ?? fromFile.SendQueue,
         Resync = result.GetValue(resync) ?? fromFile.Resync,
         ActivityLog = result.GetValue(activityLog) ?? fromFile.ActivityLog,
+        OnIoError = result.GetValue(onIoError) ?? fromFile.OnIoError,
+        FaultInjectionFile = result.GetValue(faultFile) ?? fromFile.FaultInjectionFile,
         ResyncRate = result.GetValue(resyncRate) ?? fromFile.ResyncRate,
         ResyncMinRate = result.GetValue(resyncMinRate) ?? fromFile.ResyncMinRate,
     };
@@ -104,6 +108,8 @@ root.Subcommands.Add(serve);
 root.Subcommands.Add(status);
 root.Subcommands.Add(promote);
 root.Subcommands.Add(demote);
+root.Subcommands.Add(AdminVerb("attach", "a diskless primary's local disk is back: pull what it missed from the peer, serve locally again",
+    (a, v, r, ct) => AdminCommands.AttachAsync(a, v, ct)));
 root.Subcommands.Add(verify);
 var discard = new Option<bool>("--discard-my-data") { Description = "this node gives up its changes: it becomes secondary and is resynced from its peer" };
 root.Subcommands.Add(AdminVerb("resolve", "end a split brain on the chosen victim (resolve --discard-my-data)",

@@ -119,6 +119,15 @@ internal static class ServeCommand
             volume.AttachPeer(replication.Mode, replication.OnPeerLoss, replication.SendQueueBytes, replication.Resync);
         }
 
+        volume.DetachOnIoError = options.OnIoErrorDetach;
+        using var faultWatch = options.FaultInjectionFile is { } faultFile
+            ? new Timer(_ => volume.InjectDiskFailures = File.Exists(faultFile), null, TimeSpan.Zero, TimeSpan.FromMilliseconds(50))
+            : null;
+        if (options.FaultInjectionFile is not null)
+        {
+            DaemonLog.Warning(log, $"test hook: the local image fails with EIO while {options.FaultInjectionFile} exists");
+        }
+
         DaemonLog.VolumeOpened(log, volume.Name, volume.Size, volume.ImagePath, volume.Role.Name(), volume.Disk.Name());
 
         using var nbd = new NbdServer([new NbdExport(volume, $"blockrepl volume {volume.Name}")], loggers.CreateLogger("nbd"));
@@ -169,6 +178,7 @@ internal static class ServeCommand
         app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
         app.MapGrpcUnary<VerifyRequest, VerifyReply>(AdminService.VerifyPath, adminService.VerifyAsync);
         app.MapGrpcUnary<ResolveRequest, ResolveReply>(AdminService.ResolvePath, adminService.ResolveAsync);
+        app.MapGrpcUnary<AttachRequest, AttachReply>(AdminService.AttachPath, adminService.AttachAsync);
 
         try
         {

@@ -11,59 +11,72 @@ namespace BlockRepl;
 /// </summary>
 internal sealed record ServeOptions
 {
-    public string DataDir { get; init; } = "./data";
+    public string DataDir { get; set; } = "./data";
 
-    public string Volume { get; init; } = "vol0";
+    public string Volume { get; set; } = "vol0";
 
-    public string? Image { get; init; }
+    public string? Image { get; set; }
 
-    public string? Size { get; init; }
+    public string? Size { get; set; }
 
-    public string Role { get; init; } = "primary";
+    public string Role { get; set; } = "primary";
 
-    public string Nbd { get; init; } = "127.0.0.1:10809";
+    public string Nbd { get; set; } = "127.0.0.1:10809";
 
-    public string? Admin { get; init; }
+    public string? Admin { get; set; }
 
     /// <summary>iSCSI listen address (HOST:PORT), or "off"/null (the default): no iSCSI.</summary>
-    public string? Iscsi { get; init; }
+    public string? Iscsi { get; set; }
 
     /// <summary>The volume's iSCSI target name; default iqn.2026-11.io.blockrepl:VOLUME.</summary>
-    public string? IscsiIqn { get; init; }
+    public string? IscsiIqn { get; set; }
 
     /// <summary>USER:SECRET initiators must authenticate with (CHAP); null for AuthMethod None.</summary>
-    public string? IscsiChap { get; init; }
+    public string? IscsiChap { get; set; }
 
     /// <summary>USER:SECRET the target answers a mutual CHAP challenge with.</summary>
-    public string? IscsiMutualChap { get; init; }
+    public string? IscsiMutualChap { get; set; }
 
     /// <summary>Replication listen address (HOST:PORT), or null/"off" for none.</summary>
-    public string? Listen { get; init; }
+    public string? Listen { get; set; }
 
     /// <summary>The peer's replication address (http://HOST:PORT), or null for a standalone volume.</summary>
-    public string? Peer { get; init; }
+    public string? Peer { get; set; }
 
-    public string Mode { get; init; } = "sync";
+    public string Mode { get; set; } = "sync";
 
-    public string OnPeerLoss { get; init; } = "continue";
+    public string OnPeerLoss { get; set; } = "continue";
 
     /// <summary>How a resync this node sources sends dirty ranges: data (all of it) or checksum (only chunks whose hash differs on the peer).</summary>
-    public string Resync { get; init; } = "data";
+    public string Resync { get; set; } = "data";
 
     /// <summary>A peer silent this long is dead (default 2s).</summary>
-    public string PeerTimeout { get; init; } = "2s";
+    public string PeerTimeout { get; set; } = "2s";
 
     /// <summary>Bound of the send queue (async: past it the link goes ahead; sync: writers wait). Default 64M.</summary>
-    public string SendQueue { get; init; } = "64M";
+    public string SendQueue { get; set; } = "64M";
 
     /// <summary>Activity-log capacity in 4 MiB extents, or "off". Default 1024.</summary>
-    public string ActivityLog { get; init; } = "1024";
+    public string ActivityLog { get; set; } = "1024";
+
+    /// <summary>detach (default): a local I/O error on a connected sync primary detaches the disk (diskless); pass: the client gets it.</summary>
+    public string OnIoError { get; set; } = "detach";
+
+    /// <summary>Test hook: while this file exists, the local image fails every operation with EIO.</summary>
+    public string? FaultInjectionFile { get; set; }
+
+    public bool OnIoErrorDetach => OnIoError switch
+    {
+        "detach" => true,
+        "pass" => false,
+        _ => throw new UserError($"--on-io-error '{OnIoError}': expected detach or pass"),
+    };
 
     /// <summary>Resync rate cap in bytes per second, or 0 for none (the default).</summary>
-    public string ResyncRate { get; init; } = "0";
+    public string ResyncRate { get; set; } = "0";
 
     /// <summary>Rate the resync keeps while the application writes (default 64M per second; 0: no pacing).</summary>
-    public string ResyncMinRate { get; init; } = "64M";
+    public string ResyncMinRate { get; set; } = "64M";
 
     public static ServeOptions Load(string? configPath)
     {

@@ -40,7 +40,8 @@ internal sealed record VolumeReport(
     LastResyncReport? LastResync,
     ActivityLogReport? ActivityLog,
     bool DiscardMyData,
-    VerifyReportJson? LastVerify)
+    VerifyReportJson? LastVerify,
+    long LocalMissingBytes)
 {
     public static VolumeReport From(VolumeStatus v) => new(
         v.Name,
@@ -69,7 +70,8 @@ internal sealed record VolumeReport(
         v.LastResync is { } lr ? new LastResyncReport((long)lr.Bytes, Math.Round(lr.Seconds, 3), lr.Full, lr.Reason) : null,
         v.ActivityLog is { } al ? new ActivityLogReport((int)al.HotExtents, (int)al.Capacity, (long)al.Transactions, (long)al.Evictions) : null,
         v.DiscardMyData,
-        v.LastVerify is { } verify ? VerifyReportJson.From(verify) : null);
+        v.LastVerify is { } verify ? VerifyReportJson.From(verify) : null,
+        (long)v.LocalMissingBytes);
 
     private static string Hex(ulong g) => g.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -39,10 +39,11 @@ internal sealed class LinkItem
     public long EnqueuedAt;
     public LinkMarker? Marker;
     public ChecksumProbe? Probe;
+    public PeerRead? Read;
 }
 
 /// <summary>What <see cref="PeerLink.TakeAsync"/> produced.</summary>
-internal readonly record struct LinkTake(int Records, long PayloadBytes, LinkMarker? Marker, bool Idle, ulong LastSeq, long UnsentBytes, ChecksumProbe? Probe = null);
+internal readonly record struct LinkTake(int Records, long PayloadBytes, LinkMarker? Marker, bool Idle, ulong LastSeq, long UnsentBytes, ChecksumProbe? Probe = null, PeerRead? Read = null);
 
 /// <summary>Replication state of one volume on its sending side, as seen by front ends, shipper and status.</summary>
 public readonly record struct ReplicationSnapshot(
@@ -619,7 +620,7 @@ internal sealed partial class PeerLink
             _releaseBlockedAt = 0;
             while (_queue.TryDequeue(out var item))
             {
-                if (item.Marker is null && item.Probe is null && item.Header.Kind != JournalRecordKind.Flush)
+                if (item.Marker is null && item.Probe is null && item.Read is null && item.Header.Kind != JournalRecordKind.Flush)
                 {
                     _bitmap.Mark((long)item.Header.Offset, (long)item.Header.Length);
                 }
@@ -636,6 +637,7 @@ internal sealed partial class PeerLink
             }
 
             ReturnProbesLocked();
+            FailReadsLocked();
 
             foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
             {
@@ -752,6 +754,12 @@ internal sealed partial class PeerLink
             return new LinkTake(0, 0, marker, Idle: false, _nextSeq - 1, _queuedBytes);
         }
 
+        if (_queue.Peek().Read is { } read)
+        {
+            _queue.Dequeue();
+            return new LinkTake(0, 0, null, Idle: false, _nextSeq - 1, _queuedBytes, Read: read);
+        }
+
         if (_queue.Peek().Probe is { } probe)
         {
             _queue.Dequeue();
@@ -760,7 +768,7 @@ internal sealed partial class PeerLink
 
         long payloadBytes = 0;
         var records = 0;
-        while (_queue.TryPeek(out var item) && item.Marker is null && item.Probe is null)
+        while (_queue.TryPeek(out var item) && item.Marker is null && item.Probe is null && item.Read is null)
         {
             var header = item.Header;
             if (records > 0 && writer.UncompressedLength + header.EncodedLength > softLimit)
@@ -1078,7 +1086,7 @@ internal sealed partial class PeerLink
             long oldest = 0;
             foreach (var item in _queue)
             {
-                if (item.Marker is null && item.Probe is null)
+                if (item.Marker is null && item.Probe is null && item.Read is null)
                 {
                     queuedRecords++;
                     queuedBytes += item.Header.PayloadLength;

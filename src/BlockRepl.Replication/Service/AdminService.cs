@@ -24,6 +24,7 @@ internal sealed class AdminService(
     public const string DemotePath = "/blockrepl.v1.Admin/Demote";
     public const string VerifyPath = "/blockrepl.v1.Admin/Verify";
     public const string ResolvePath = "/blockrepl.v1.Admin/Resolve";
+    public const string AttachPath = "/blockrepl.v1.Admin/Attach";
 
     private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
@@ -131,6 +132,17 @@ internal sealed class AdminService(
         return report;
     }
 
+    public async Task<AttachReply> AttachAsync(AttachRequest request, ServerCallContext context)
+    {
+        EnsureAdminEndpoint(context);
+        var volume = Single(request.Volume).Volume;
+        var result = await volume.AttachDiskAsync(context.CancellationToken).ConfigureAwait(false);
+        ReplicationLog.Info(logger, volume.Name, result.Done
+            ? $"local disk attached: {result.MissingBytes} bytes pulled from the peer; disk {volume.Disk.Name()}"
+            : $"attach refused: {result.Reason}");
+        return new AttachReply { Done = result.Done, Reason = result.Reason, PulledBytes = result.MissingBytes };
+    }
+
     public Task<ResolveReply> ResolveAsync(ResolveRequest request, ServerCallContext context)
     {
         EnsureAdminEndpoint(context);
@@ -207,6 +219,7 @@ internal sealed class AdminService(
         };
         status.HistoryGenerations.AddRange(g.History);
         status.DiscardMyData = volume.DiscardMyData;
+        status.LocalMissingBytes = (ulong)volume.LocalMissingBytes;
         foreach (var c in volume.Clients)
         {
             status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });

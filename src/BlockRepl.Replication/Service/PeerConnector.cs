@@ -177,6 +177,7 @@ internal sealed class PeerConnector : IAsyncDisposable
 
         var full = reply.Plan == SyncPlan.FullResync;
         link.PeerChecksums = (reply.Features & (uint)ReceiverFeature.Checksums) != 0;
+        link.PeerServesReads = (reply.Features & (uint)ReceiverFeature.Reads) != 0;
         var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
             peerInconsistent: reply.Disk == V1.DiskState.Inconsistent, peerDirtyRuns: reply.DirtyRuns, reason: $"{reply.Plan}: {reply.Message}");
         var decision = $"{reply.Plan}: {reply.Message}";
@@ -255,6 +256,10 @@ internal sealed class PeerConnector : IAsyncDisposable
             {
                 frame = new ReplicationFrame { Ping = new Ping { Id = ++pings, SenderAhead = link.Ahead } };
             }
+            else if (take.Read is { } read)
+            {
+                frame = new ReplicationFrame { ReadRequest = new ReadRequest { Id = read.Id, Offset = (ulong)read.Offset, Length = (uint)read.Length } };
+            }
             else if (take.Probe is { } probe)
             {
                 frame = new ReplicationFrame
@@ -330,6 +335,12 @@ internal sealed class PeerConnector : IAsyncDisposable
             {
                 throw new ReplicationProtocolException(StatusCode.Internal,
                     $"the peer acknowledged seqs it was never sent (received {ack.ReceivedSeq}, applied {ack.AppliedSeq}, durable {ack.DurableSeq})");
+            }
+
+            if (ack.ReadReply is { } read && !link.OnReadReply(read.Id, read.Data.Span, read.Error))
+            {
+                throw new ReplicationProtocolException(StatusCode.Internal,
+                    $"the peer answered read {read.Id}, which is not outstanding, or with {read.Data.Length} bytes");
             }
 
             if (ack.ChecksumReply is { } checksum && !link.OnChecksumReply(checksum.Id, checksum.Sha256.Span))

@@ -287,7 +287,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             why += $"; but this node names {ownRuns.Count / 2} ranges it changed itself: bitmap resync of those";
         }
 
-        var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why, Features = (uint)ReceiverFeature.Checksums }, volume);
+        var reply = Fill(new HandshakeReply { Accepted = true, Plan = plan, Message = why, Features = (uint)(ReceiverFeature.Checksums | ReceiverFeature.Reads) }, volume);
         reply.Fresh = mine.Generations.Fresh;
         reply.DirtyRuns.AddRange(ownRuns);
         reply.DiscardMyData = mine.Generations.DiscardMyData;
@@ -330,6 +330,14 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 SingleWriter = true,
             });
         private byte[]? _checksumBuffer;
+
+        // Read replies (a diskless primary reading through this node) wait here for the ack loop, bounded alike.
+        private readonly System.Threading.Channels.Channel<ReadReply> _readReplies =
+            System.Threading.Channels.Channel.CreateBounded<ReadReply>(new System.Threading.Channels.BoundedChannelOptions(16)
+            {
+                SingleReader = true,
+                SingleWriter = true,
+            });
         private readonly ulong _start = first;
         private readonly ulong _earliest = first + 1;
         private ulong _expected;
@@ -378,6 +386,9 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                             break;
                         case ReplicationFrame.BodyOneofCase.ChecksumRequest:
                             await AnswerChecksumRequestAsync(frame.ChecksumRequest, token).ConfigureAwait(false);
+                            break;
+                        case ReplicationFrame.BodyOneofCase.ReadRequest:
+                            await AnswerReadRequestAsync(frame.ReadRequest, token).ConfigureAwait(false);
                             break;
                         case ReplicationFrame.BodyOneofCase.Ping:
                             NoteSenderAhead(frame.Ping.SenderAhead);
@@ -439,6 +450,34 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             var hashes = volume.HashRangeForPeer((long)request.Offset, (int)request.Length, (int)request.ChunkBytes, _checksumBuffer);
             await _checksumReplies.Writer.WriteAsync(new ChecksumReply { Id = request.Id, Sha256 = UnsafeByteOperations.UnsafeWrap(hashes) }, token)
                 .ConfigureAwait(false);
+            _ackSignal.Release();
+        }
+
+        /// <summary>
+        /// Reads the requested range now, in order with the batches (every earlier record is applied), for a
+        /// diskless primary. A local read error is answered, not thrown: the primary fails that one read.
+        /// </summary>
+        private async Task AnswerReadRequestAsync(ReadRequest request, CancellationToken token)
+        {
+            if (request.Length == 0 || request.Length > 1024 * 1024 || request.Offset > (ulong)volume.Size || request.Length > (ulong)volume.Size - request.Offset)
+            {
+                throw new ReplicationProtocolException(StatusCode.InvalidArgument,
+                    $"read request {request.Id}: {request.Offset}+{request.Length} is outside the {volume.Size}-byte volume or over 1 MiB");
+            }
+
+            var data = new byte[request.Length];
+            var reply = new ReadReply { Id = request.Id };
+            try
+            {
+                volume.Read((long)request.Offset, data);
+                reply.Data = UnsafeByteOperations.UnsafeWrap(data);
+            }
+            catch (BlockImageException ex)
+            {
+                reply.Error = ex.Message;
+            }
+
+            await _readReplies.Writer.WriteAsync(reply, token).ConfigureAwait(false);
             _ackSignal.Release();
         }
 
@@ -571,6 +610,19 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 var received = Volatile.Read(ref _received);
                 applied = Volatile.Read(ref _applied);
                 var durable = Volatile.Read(ref _durable);
+                while (_readReplies.Reader.TryRead(out var read))
+                {
+                    await responses.WriteAsync(new ReplicationAck
+                    {
+                        ReceivedSeq = Math.Max(received, applied),
+                        AppliedSeq = applied,
+                        DurableSeq = Math.Min(durable, applied),
+                        ReadReply = read,
+                    }, token).ConfigureAwait(false);
+                    (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
+                    lastSent = Environment.TickCount64;
+                }
+
                 while (_checksumReplies.Reader.TryRead(out var checksum))
                 {
                     await responses.WriteAsync(new ReplicationAck

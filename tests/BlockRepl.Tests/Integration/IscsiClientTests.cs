@@ -214,11 +214,9 @@ public sealed partial class IscsiClientTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         var config = dir.PathOf("blockrepl.json");
-        // role .. sendQueue are spelled out because today a key missing from a config file comes out empty
-        // instead of its default (`--role: unknown role ''`), a problem of ServeOptions.Load outside iSCSI.
+        // Only the iSCSI keys: every key left out keeps its default.
         await File.WriteAllTextAsync(config, """
             {
-              "role": "primary", "mode": "sync", "onPeerLoss": "continue", "peerTimeout": "2s", "sendQueue": "64M",
               "iscsi": "127.0.0.1:0", "iscsiIqn": "iqn.2026-11.com.example:disk1", "iscsiChap": "bob:bob-secret-1234"
             }
             """);

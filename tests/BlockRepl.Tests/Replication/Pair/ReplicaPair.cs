@@ -51,7 +51,8 @@ internal sealed class ReplicaPair : IAsyncDisposable
 
     /// <summary>Starts B (secondary), then A (primary), and by default waits until A reports the pair in sync.</summary>
     public static async Task<ReplicaPair> StartAsync(
-        string mode = "sync", string size = "64M", IReadOnlyList<string>? extra = null, bool waitInSync = true, Func<ReplicaPair, Task>? beforeStart = null)
+        string mode = "sync", string size = "64M", IReadOnlyList<string>? extra = null, bool waitInSync = true, Func<ReplicaPair, Task>? beforeStart = null,
+        IReadOnlyList<string>? extraA = null)
     {
         var pair = new ReplicaPair(mode, size, extra ?? []);
         try
@@ -62,7 +63,7 @@ internal sealed class ReplicaPair : IAsyncDisposable
             }
 
             await pair.StartNodeAsync('b', "secondary");
-            await pair.StartNodeAsync('a', "primary");
+            await pair.StartNodeAsync('a', "primary", extraA);
             if (waitInSync)
             {
                 await WaitInSyncAsync(pair.A!);

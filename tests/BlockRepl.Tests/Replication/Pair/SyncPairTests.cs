@@ -245,13 +245,13 @@ public sealed class SyncPairTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task PrimaryFilesystemFull_ClientGetsEnospc_ImagesConvergeAnyway()
+    public async Task PrimaryFilesystemFull_OnIoErrorPass_ClientGetsEnospc_ImagesConvergeAnyway()
     {
         Tool.Require("qemu-io");
         string? mountPoint = null;
         try
         {
-            await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
+            await using var pair = await ReplicaPair.StartAsync("sync", "64M", extra: ["--on-io-error", "pass"], beforeStart: async p =>
             {
                 // The primary's data dir is a 6 MiB tmpfs under a 64 MiB sparse image; the secondary has room.
                 mountPoint = DaemonProcess.DataDirOf(p.DirA);

@@ -1,0 +1,241 @@
+using BlockRepl.Core.Replication;
+
+namespace BlockRepl.Core;
+
+/// <summary>
+/// Local disk failure (DRBD's on-io-error detach): a sync primary whose image fails goes <c>diskless</c> and
+/// serves every read and write through its peer; the client sees no error. <see cref="AttachDiskAsync"/> brings
+/// a returning disk back by pulling from the peer what it missed.
+/// </summary>
+public sealed partial class Volume
+{
+    private volatile bool _diskless;
+    private DirtyBitmap? _localMissing; // ranges the local image lacks (written while diskless); under _order
+
+    /// <summary>
+    /// Detach on a local I/O error (EIO, ENOSPC) when the peer holds the write (sync mode, connected); otherwise
+    /// the client gets the error (`serve --on-io-error detach|pass`).
+    /// </summary>
+    public bool DetachOnIoError { get; set; } = true;
+
+    /// <summary>Test hook: make every local image operation fail with EIO (see <see cref="BlockImage.InjectFailures"/>).</summary>
+    public bool InjectDiskFailures
+    {
+        get => _image.InjectFailures;
+        set => _image.InjectFailures = value;
+    }
+
+    /// <summary>Bytes the local image lacks while diskless (what an attach pulls from the peer).</summary>
+    public long LocalMissingBytes
+    {
+        get
+        {
+            lock (_order)
+            {
+                return _localMissing?.DirtyBytes ?? 0;
+            }
+        }
+    }
+
+    private bool CanDetachLocked() =>
+        DetachOnIoError && _role == VolumeRole.Primary && _link is { } link && link.Mode == ReplicationMode.Sync
+        && link.Streaming && link.Accepted && !link.Ahead && link.PeerServesReads;
+
+    /// <summary>While diskless, a change goes to the peer only: true (skip the local image), or EIO when the peer is away.</summary>
+    private bool SkipLocalLocked(long offset, long length, Task? peer)
+    {
+        if (!_diskless)
+        {
+            return false;
+        }
+
+        if (peer is null || !(_link?.Streaming ?? false))
+        {
+            throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
+        }
+
+        _localMissing!.Mark(offset, length);
+        return true;
+    }
+
+    /// <summary>The local change failed: detach when the peer holds it (its record is queued with a sync waiter).</summary>
+    private bool TryDetachLocked(BlockImageException error, Task? peer, long offset, long length)
+    {
+        if (peer is null || !CanDetachLocked())
+        {
+            return false;
+        }
+
+        DetachLocked(error);
+        _localMissing!.Mark(offset, length);
+        return true;
+    }
+
+    private bool TryDetachForRead(BlockImageException error)
+    {
+        lock (_order)
+        {
+            if (_diskless)
+            {
+                return true;
+            }
+
+            if (!CanDetachLocked())
+            {
+                return false;
+            }
+
+            DetachLocked(error);
+            return true;
+        }
+    }
+
+    private void DetachLocked(BlockImageException error)
+    {
+        if (_diskless)
+        {
+            return;
+        }
+
+        _localMissing ??= new DirtyBitmap(Size);
+        _diskless = true;
+        _disk = DiskState.Diskless;
+        Counters.Error();
+        ReportError($"local disk failed ({error.Message}): detached; reads and writes go through the peer (diskless)");
+        try
+        {
+            lock (_metaGate)
+            {
+                // Recorded so that a restart never serves this image as up to date: it lacks what went only to the peer.
+                _metadata.Disk = DiskState.Diskless.Name();
+                _metaFile.Save(_metadata);
+            }
+        }
+        catch (IOException)
+        {
+            // The metadata may live on the failing disk; the in-memory state still protects this run.
+        }
+    }
+
+    /// <summary>The local half of a FLUSH or FUA: none while diskless; a failing fdatasync detaches when it can.</summary>
+    private Task? LocalFlushAsync(Task? peer)
+    {
+        if (_diskless)
+        {
+            return peer is null
+                ? Task.FromException(new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO))
+                : null;
+        }
+
+        return FlushOrDetachAsync(peer);
+    }
+
+    private async Task FlushOrDetachAsync(Task? peer)
+    {
+        try
+        {
+            await _flush.FlushAsync().ConfigureAwait(false);
+        }
+        catch (BlockImageException ex)
+        {
+            lock (_order)
+            {
+                if (peer is null || !CanDetachLocked())
+                {
+                    throw;
+                }
+
+                // Which writes reached the platter before the failed fdatasync is unknowable: the whole image is
+                // treated as missing, and an attach pulls all of it.
+                DetachLocked(ex);
+                _localMissing!.MarkAll();
+            }
+        }
+    }
+
+    private void ReadThroughPeer(long offset, Span<byte> destination)
+    {
+        var link = _link ?? throw new BlockImageException($"volume {Name}: diskless without a peer", Native.LibC.EIO);
+        for (var done = 0; done < destination.Length;)
+        {
+            var length = Math.Min(PeerLink.MaxPeerRead, destination.Length - done);
+            byte[] data;
+            try
+            {
+                data = link.RequestRead(offset + done, length).WaitAsync(TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+            }
+            catch (Exception ex) when (ex is not BlockImageException)
+            {
+                Counters.Error();
+                throw new BlockImageException($"volume {Name}: read through the peer failed: {ex.Message}", Native.LibC.EIO, ex);
+            }
+            catch (BlockImageException)
+            {
+                Counters.Error();
+                throw;
+            }
+
+            data.CopyTo(destination[done..]);
+            done += length;
+        }
+    }
+
+    /// <summary>
+    /// The local disk is back: pulls from the peer every range written while diskless (each under the ordering lock,
+    /// so no write lands between the peer's read and the local write), flushes, and serves locally again. Refused
+    /// (the volume stays diskless) when the disk still fails or the peer cannot serve reads.
+    /// </summary>
+    public async Task<RoleChangeResult> AttachDiskAsync(CancellationToken cancellationToken)
+    {
+        if (!_diskless)
+        {
+            return new RoleChangeResult(true, "the local disk is attached");
+        }
+
+        var link = _link!;
+        long pulled = 0;
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            lock (_order)
+            {
+                if (!_localMissing!.TakeRun(0, PeerLink.MaxPeerRead, out var offset, out var length))
+                {
+                    try
+                    {
+                        _image.Flush();
+                    }
+                    catch (BlockImageException ex)
+                    {
+                        return new RoleChangeResult(false, $"the local disk still fails: {ex.Message}");
+                    }
+
+                    _diskless = false;
+                    _disk = DiskState.UpToDate;
+                    lock (_metaGate)
+                    {
+                        _metadata.Disk = DiskState.UpToDate.Name();
+                        _metaFile.Save(_metadata);
+                    }
+
+                    return new RoleChangeResult(true, "", MissingBytes: (ulong)pulled);
+                }
+
+                try
+                {
+                    var data = link.RequestRead(offset, length).WaitAsync(TimeSpan.FromSeconds(30), cancellationToken).GetAwaiter().GetResult();
+                    _image.Write(offset, data);
+                }
+                catch (Exception ex) when (ex is BlockImageException or TimeoutException or OperationCanceledException)
+                {
+                    _localMissing.Mark(offset, length);
+                    return new RoleChangeResult(false, $"attach stopped after {pulled} bytes, the volume stays diskless: {ex.Message}");
+                }
+
+                pulled += length;
+            }
+
+            await Task.Yield();
+        }
+    }
+}
