@@ -89,7 +89,7 @@ wait_in_sync() {
 }
 fio_qd1() { # output json file
     fio --name=qd1 --ioengine=nbd --uri="nbd+unix:///vol?socket=$WORK/a/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
-        --time_based --runtime="$RUNTIME" --size=1G --randrepeat=0 --output-format=json >"$1"
+        --time_based --runtime="$RUNTIME" --size=1G --randrepeat=0 --output-format=json --output="$1" >/dev/null
 }
 lat() { # fio json -> "mean p50 p99" in microseconds
     jq -r '.jobs[0].write.clat_ns | "\(.mean / 1000) \(.percentile["50.000000"] / 1000) \(.percentile["99.000000"] / 1000)"' "$1"

@@ -21,7 +21,12 @@ Control: connect to PATH and send one-line commands; each gets one line back, `o
 The effect is in place when the answer is sent. Client mode (--send) sends one command, prints the
 answer and exits 0 on `ok`, 1 on `error`, 2 if it cannot talk to the proxy.
 
-  pass         forward normally (the default). Ends freeze and cut; connections held by freeze
+  drop DIR     DIR is up (client to target), down (target to client) or both: every byte read in that
+               direction is discarded (counted in stats) while connections stay open and the other
+               direction flows: lost packets TCP cannot repair, e.g. the peer's acks vanishing. The
+               stream is corrupt from then on; the endpoints notice (timeouts, framing errors).
+               `pass` ends it.
+  pass         forward normally (the default). Ends freeze, cut and drop; connections held by freeze
                resume, their bytes still in order (like a healed partition).
   freeze       a silent dead link: nothing is read or written on any connection, in either direction,
                and nothing is closed, so neither side sees data, EOF or a reset (their kernel buffers
@@ -133,6 +138,8 @@ class Proxy:
         self.control_path = control_path
         self.max_buffer = max_buffer
         self.mode = "pass"
+        self.drop = [False, False]
+        self.dropped = [0, 0]
         self.delay = 0.0
         self.garbage_pending = 0
         self.bytes = [0, 0]
@@ -282,6 +289,9 @@ class Proxy:
         except OSError as e:
             self.close_conn(c, True, f"{'client' if d == UP else 'target'} read: {e}")
             return
+        if data and self.drop[d]:
+            self.dropped[d] += len(data)
+            return
         if c.state in ("gsend", "gdrain"):  # garbage connection: discard everything read
             if not data:
                 c.eof_read[d] = True
@@ -378,11 +388,17 @@ class Proxy:
                 return e
             was = self.mode
             self.mode = "pass"
+            self.drop = [False, False]
             if was == "freeze":
                 for c in list(self.conns):
                     if c.state == "held":
                         self.start_connect(c)
             return "ok pass"
+        if cmd == "drop":
+            if len(args) != 1 or args[0] not in ("up", "down", "both"):
+                return "error usage: drop up|down|both"
+            self.drop = [args[0] in ("up", "both"), args[0] in ("down", "both")]
+            return f"ok drop {args[0]} conns={len(self.conns)}"
         if cmd == "freeze":
             if (e := noargs()):
                 return e
@@ -418,8 +434,9 @@ class Proxy:
         if cmd == "stats":
             if (e := noargs()):
                 return e
-            return f"ok conns={len(self.conns)} bytes_up={self.bytes[UP]} bytes_down={self.bytes[DOWN]}"
-        return f"error unknown command {cmd!r} (pass, freeze, cut, delay MS, garbage N, stats)"
+            return (f"ok conns={len(self.conns)} bytes_up={self.bytes[UP]} bytes_down={self.bytes[DOWN]} "
+                    f"dropped_up={self.dropped[UP]} dropped_down={self.dropped[DOWN]}")
+        return f"error unknown command {cmd!r} (pass, freeze, cut, drop DIR, delay MS, garbage N, stats)"
 
     def on_control_accept(self):
         while True:
@@ -602,7 +619,7 @@ def client_send(path, command, timeout):
 def main():
     global verbose
     ap = argparse.ArgumentParser(
-        description="TCP proxy with fault injection (freeze, cut, delay, garbage) for tests.",
+        description="TCP proxy with fault injection (freeze, cut, drop, delay, garbage) for tests.",
         epilog="See the header of this file for the control commands.")
     ap.add_argument("--listen", help="HOST:PORT to listen on (port 0: pick a free one)")
     ap.add_argument("--target", help="HOST:PORT to forward to")

@@ -81,7 +81,7 @@ internal static class AdminCommands
         if (v.Resync is not { } r)
         {
             samples.Remove(v.Name);
-            return head + (v.DirtyBytes > 0 ? string.Create(ci, $"  dirty {ByteSize.Format(v.DirtyBytes)}") : "");
+            return head + (v.DirtyBytes > 0 ? string.Create(ci, $"  dirty {ByteSize.Human(v.DirtyBytes)}") : "");
         }
 
         if (!samples.TryGetValue(v.Name, out var window))
@@ -105,7 +105,7 @@ internal static class AdminCommands
             ? "[" + new string('#', (int)(fraction * barWidth)) + new string('-', barWidth - (int)(fraction * barWidth)) + "] "
             : "";
         return head + string.Create(ci,
-            $"  {(r.Full ? "full sync" : "resync")} {bar}{fraction:P1}  {ByteSize.Format(r.DoneBytes)} of {ByteSize.Format(r.TotalBytes)}  {ByteSize.Format((long)rate)}/s  ETA {eta}");
+            $"  {(r.Full ? "full sync" : "resync")} {bar}{fraction * 100:F1}%  {ByteSize.Human(r.DoneBytes)} of {ByteSize.Human(r.TotalBytes)}  {ByteSize.Human((long)rate)}/s  ETA {eta}");
     }
 
     public static async Task<int> PromoteAsync(AdminAddress admin, string? volume, bool force, CancellationToken cancellationToken)

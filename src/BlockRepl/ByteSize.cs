@@ -41,6 +41,16 @@ internal static class ByteSize
         }
     }
 
+    /// <summary>One decimal in the largest unit that fits (progress lines): "12.3 MiB".</summary>
+    public static string Human(long bytes) => bytes switch
+    {
+        >= 1L << 40 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 40):F1} TiB"),
+        >= 1L << 30 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 30):F1} GiB"),
+        >= 1L << 20 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 20):F1} MiB"),
+        >= 1L << 10 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 10):F1} KiB"),
+        _ => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes} B"),
+    };
+
     public static string Format(long bytes) => bytes switch
     {
         >= 1L << 40 when bytes % (1L << 40) == 0 => $"{bytes >> 40} TiB",

@@ -33,7 +33,7 @@ internal sealed class ActivityLog
     private long _transactions;
     private long _evictions;
     private Func<ulong> _safeSeq = () => ulong.MaxValue;
-    private Action<IReadOnlyList<uint>> _persistBitmap = _ => { };
+    private Action<IReadOnlyList<(uint Extent, ulong UntilSeq)>> _persistBitmap = _ => { };
 
     private struct Slot
     {
@@ -72,7 +72,13 @@ internal sealed class ActivityLog
     public int Capacity => _capacity;
 
     /// <summary>Connects the log to the link: its safe seq and its bitmap flush (set once, before the first write).</summary>
-    public void Bind(Func<ulong> safeSeq, Action<IReadOnlyList<uint>> persistBitmap)
+    /// <param name="safeSeq">The link's safe seq (records at or below it are durable on the peer or in the bitmap).</param>
+    /// <param name="persistBitmap">
+    /// Writes the bitmap pages of evicted extents (not synced). An extent evicted with records above the safe seq
+    /// comes with that extent's last seq: its bits must be written all set, and stay set on disk until the safe
+    /// seq passes it (the records still on their way are covered by the bitmap instead of the log).
+    /// </param>
+    public void Bind(Func<ulong> safeSeq, Action<IReadOnlyList<(uint Extent, ulong UntilSeq)>> persistBitmap)
     {
         _safeSeq = safeSeq;
         _persistBitmap = persistBitmap;
@@ -218,7 +224,7 @@ internal sealed class ActivityLog
         while (true)
         {
             List<uint> admitted;
-            List<uint> victims;
+            List<(uint Extent, ulong UntilSeq)> victims;
             uint[] image;
             lock (_gate)
             {
@@ -232,7 +238,7 @@ internal sealed class ActivityLog
                 if (_pending.Count > room)
                 {
                     victims = ChooseVictimsLocked(_pending.Count - room);
-                    foreach (var v in victims)
+                    foreach (var (v, _) in victims)
                     {
                         _slots[v].Hot = false; // no new write may enter it until it is logged again
                         _hot--;
@@ -291,21 +297,26 @@ internal sealed class ActivityLog
         }
     }
 
-    private List<uint> ChooseVictimsLocked(int wanted)
+    /// <summary>
+    /// Idle extents (no write holding them), those whose records are all safe first, then least recently used.
+    /// An extent with records still on their way is evicted too when it must be, with its last seq: its bits go
+    /// to disk all set (<see cref="Bind"/>), so a full log never waits for a slow peer's acks.
+    /// </summary>
+    private List<(uint Extent, ulong UntilSeq)> ChooseVictimsLocked(int wanted)
     {
         var safe = _safeSeq();
-        var candidates = new List<(long LastUse, uint Extent)>();
+        var candidates = new List<(bool Unsafe, long LastUse, uint Extent, ulong LastSeq)>();
         for (var e = 0; e < _slots.Length; e++)
         {
             ref var s = ref _slots[e];
-            if (s.Hot && s.Refs == 0 && s.LastSeq <= safe)
+            if (s.Hot && s.Refs == 0)
             {
-                candidates.Add((s.LastUse, (uint)e));
+                candidates.Add((s.LastSeq > safe, s.LastUse, (uint)e, s.LastSeq));
             }
         }
 
         candidates.Sort();
-        return [.. candidates.Take(wanted).Select(c => c.Extent)];
+        return [.. candidates.Take(wanted).Select(c => (c.Extent, c.Unsafe ? c.LastSeq : 0UL))];
     }
 
     private void ReleaseWaitersLocked()

@@ -205,12 +205,31 @@ internal sealed partial class PeerLink
     /// <summary>The seq of the last record assigned. Read under the volume's ordering lock, which every assignment holds.</summary>
     public ulong LastAssignedSeq => Volatile.Read(ref _nextSeq) - 1;
 
-    /// <summary>Writes the bitmap pages holding <paramref name="extents"/>' bits (not synced: the caller syncs).</summary>
-    public void PersistExtents(IReadOnlyList<uint> extents)
+    private const int WordsPerExtent = (int)(MetaFile.ExtentBytes >> DirtyBitmap.ChunkShift) / 64;
+
+    // Extents evicted from the activity log while records in them were still on their way: their bits stay set on
+    // disk until the safe seq passes the extent's last seq. Guarded by _gate.
+    private readonly Dictionary<uint, ulong> _forced = [];
+
+    /// <summary>
+    /// Writes the bitmap pages holding <paramref name="extents"/>' bits (not synced: the caller syncs). An extent with
+    /// an UntilSeq above 0 had records in flight: its bits are written all set and kept set until they are safe.
+    /// </summary>
+    public void PersistExtents(IReadOnlyList<(uint Extent, ulong UntilSeq)> extents)
     {
-        const int wordsPerExtent = (int)(MetaFile.ExtentBytes >> DirtyBitmap.ChunkShift) / 64;
         const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
-        var pages = extents.Select(e => (long)e * wordsPerExtent / wordsPerPage).Distinct().Order();
+        lock (_gate)
+        {
+            foreach (var (extent, until) in extents)
+            {
+                if (until > 0)
+                {
+                    _forced[extent] = Math.Max(until, _forced.GetValueOrDefault(extent));
+                }
+            }
+        }
+
+        var pages = extents.Select(e => (long)e.Extent * WordsPerExtent / wordsPerPage).Distinct().Order();
         PersistPages(pages);
     }
 
@@ -261,6 +280,33 @@ internal sealed partial class PeerLink
                         page[i] = value;
                     }
 
+                    if (_forced.Count > 0)
+                    {
+                        // Extents evicted with records in flight: all set until the safe seq passes them.
+                        var safe = _streaming ? _durable : _nextSeq - 1;
+                        var firstExtent = (uint)(first / WordsPerExtent);
+                        for (var e = firstExtent; e < firstExtent + (uint)((count + WordsPerExtent - 1) / WordsPerExtent); e++)
+                        {
+                            if (!_forced.TryGetValue(e, out var until))
+                            {
+                                continue;
+                            }
+
+                            if (until <= safe)
+                            {
+                                _forced.Remove(e);
+                                continue;
+                            }
+
+                            var at = (int)(e - firstExtent) * WordsPerExtent;
+                            for (var w = at; w < at + WordsPerExtent && w < count; w++)
+                            {
+                                page[w] = ulong.MaxValue;
+                            }
+                        }
+                    }
+
+                    changed = !page.AsSpan(0, count).SequenceEqual(_onDisk.AsSpan(first, count));
                     if (changed)
                     {
                         page.AsSpan(0, count).CopyTo(_onDisk.AsSpan(first));

@@ -162,6 +162,37 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task StatusWatch_DuringAResync_PrintsProgressWithRateAndEta_UntilInterrupted()
+    {
+        await using var pair = await ReplicaPair.StartAsync("sync", "256M", ["--resync-rate", "40M"], waitInSync: false,
+            beforeStart: async p =>
+            {
+                // Node A's image holds 128 MiB of data before it first starts: the full sync to fresh B takes a few
+                // seconds at the capped rate, long enough to watch.
+                var data = Path.Combine(DaemonProcess.DataDirOf(p.DirA), "vol.img");
+                Directory.CreateDirectory(Path.GetDirectoryName(data)!);
+                await TestData.WriteRandomFileAsync(data, 128L * TestData.MiB, seed: 5);
+                await using (var f = new FileStream(data, FileMode.Open))
+                {
+                    f.SetLength(256L * TestData.MiB);
+                }
+            });
+        await ReplicaPair.WaitForAsync(pair.A!, v => v.GetProperty("resync").ValueKind == JsonValueKind.Object, "the full sync running");
+        await using var watch = ChildProcess.Start(RepoLayout.DaemonBinary, ["status", "--watch", "--admin", pair.A!.AdminAddress]);
+        await watch.WaitForLineAsync(l => l.Contains("full sync", StringComparison.Ordinal) && l.Contains("ETA", StringComparison.Ordinal), "a progress line");
+        await Task.Delay(2500);
+        watch.Signal(ChildProcess.SIGINT);
+        Assert.Equal(0, await watch.WaitForExitAsync());
+        var lines = watch.StdoutLines.Where(l => l.Contains("full sync", StringComparison.Ordinal)).ToList();
+        output.WriteLine(string.Join('\n', lines));
+        Assert.True(lines.Count >= 2, $"expected a line per second: {watch.Describe()}");
+        Assert.Matches(@"vol primary uptodate syncsource  full sync \d+\.\d% .* of 256\.0 MiB .*/s  ETA \d+:\d\d:\d\d", lines[^1]);
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.Equal(hashA, hashB);
+    }
+
+    [Fact]
     public async Task Resolve_WithoutDiscardMyData_IsRefused()
     {
         await using var pair = await ReplicaPair.StartAsync("sync", "16M");

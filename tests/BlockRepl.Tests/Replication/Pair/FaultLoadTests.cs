@@ -84,6 +84,26 @@ public sealed class FaultLoadTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task AcksDropped_OneWayLoss_DuringWrites_DeadPeerDetected_Resync_ZeroLost()
+    {
+        await AckCheck.EnsureLibnbdAsync();
+        var (pair, proxy) = await StartBehindProxyAsync("32M");
+        await using var _ = pair;
+        await using var __ = proxy;
+        var state = pair.DirA.PathOf("ack.state");
+        var summary = await WriteUnderFaultsAsync(pair, state, seconds: 9, seed: 74, async () =>
+        {
+            await Task.Delay(1500);
+            await proxy.SendAsync("drop down"); // data still reaches the secondary; its acks vanish
+            await ReplicaPair.WaitForAsync(pair.A!, v => ReplicaPair.Str(v, "connection") == "connecting", "the primary declaring the peer dead");
+            await Task.Delay(1500);
+            await proxy.SendAsync("cut");
+            await proxy.SendAsync("pass");
+        });
+        await AssertConvergedAsync(pair, state, summary);
+    }
+
+    [Fact]
     public async Task LinkFlaps20Times_UnderWrites_ZeroLost_ImagesIdentical()
     {
         await AckCheck.EnsureLibnbdAsync();

@@ -19,7 +19,7 @@ public sealed class ActivityLogTests : IDisposable
         Directory.Delete(_dir, recursive: true);
     }
 
-    private ActivityLog NewLog(int capacity, Func<ulong> safeSeq, List<uint>? persisted = null)
+    private ActivityLog NewLog(int capacity, Func<ulong> safeSeq, List<(uint Extent, ulong UntilSeq)>? persisted = null)
     {
         var log = new ActivityLog(1L << 30, capacity, _meta, []);
         log.Bind(safeSeq, extents => persisted?.AddRange(extents));
@@ -38,10 +38,10 @@ public sealed class ActivityLogTests : IDisposable
     }
 
     [Fact]
-    public async Task FullLog_EvictsOnlyIdleExtentsWhoseRecordsAreSafe_AfterPersistingTheirBits()
+    public async Task FullLog_EvictsTheLeastRecentlyUsedIdleExtent_ForcingItsBitsWhileItsRecordsAreInFlight()
     {
         ulong safe = 0;
-        var persisted = new List<uint>();
+        var persisted = new List<(uint Extent, ulong UntilSeq)>();
         var log = NewLog(64, () => Volatile.Read(ref safe), persisted);
         for (uint e = 0; e < 64; e++)
         {
@@ -49,21 +49,20 @@ public sealed class ActivityLogTests : IDisposable
             log.Release(e * Extent, 4096, seq: e + 1); // record seq e+1 in extent e
         }
 
-        // Extent 100 needs room; nothing is durable on the peer yet (safe seq 0): it waits.
-        var wait = log.AcquireAsync(100 * Extent, 4096);
-        await Task.Delay(100);
-        Assert.False(wait.IsCompleted);
-        Assert.Empty(persisted);
-
-        // The peer acknowledges seqs 1..3: extent 0 (least recently used, seq 1) is evicted, its bits persisted first.
-        Volatile.Write(ref safe, 3);
-        log.NotifyProgress();
-        await wait.WaitAsync(TimeSpan.FromSeconds(10));
-        Assert.Equal([0u], persisted);
+        // Extent 100 needs room; nothing is durable on the peer yet (safe seq 0). The least recently used extent (0)
+        // goes, its bits written all set until seq 1 is safe: the log does not wait for the peer.
+        await log.AcquireAsync(100 * Extent, 4096).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal([(0u, 1UL)], persisted);
         var logged = _meta.ReadActivityLog();
         Assert.DoesNotContain(0u, logged);
         Assert.Contains(100u, logged);
-        Assert.Equal(64, logged.Length);
+
+        // Once seqs 1..5 are safe, those extents go first, plainly (their bits in memory are complete).
+        Volatile.Write(ref safe, 5);
+        persisted.Clear();
+        await log.AcquireAsync(101 * Extent, 4096).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal([(1u, 0UL)], persisted);
+        Assert.Equal(64, _meta.ReadActivityLog().Length);
     }
 
     [Fact]

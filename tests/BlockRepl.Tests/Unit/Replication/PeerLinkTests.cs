@@ -115,4 +115,43 @@ public sealed class PeerLinkTests
         Assert.True(link.HasDirty);
         Assert.True(link.ResyncActive); // the dropped range comes back as a resync, Begin marker first
     }
+
+    [Fact]
+    public async Task ForcedEviction_BitsStayOnDiskUntilTheRecordIsSafe_ThenClear()
+    {
+        var dir = Directory.CreateTempSubdirectory("blockrepl-link-").FullName;
+        try
+        {
+            using var meta = BlockRepl.Core.MetaFile.Create(Path.Combine(dir, "v.meta"), BlockRepl.Core.VolumeMetadata.CreateNew("v", Size, BlockRepl.Core.VolumeRole.Primary));
+            var link = new PeerLink(Size, ReplicationMode.Async, PeerLossPolicy.Continue, 8 << 20);
+            link.AttachStore(meta, null);
+            link.OpenStream();
+            link.StreamAccepted(false);
+            const long extent5 = 5L << BlockRepl.Core.MetaFile.ExtentShift;
+            Assert.Null(link.Submit(JournalRecordKind.Write, extent5 + 8192, 4096, new byte[4096], fua: false)); // async: no waiter
+            using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+            var take = await TakeAsync(link, writer);
+
+            link.PersistExtents([(5u, take.LastSeq)]); // evicted while its record is in flight
+            Assert.Equal(1024, OnDiskBits(meta, 5));
+            Assert.Equal(0, link.Snapshot().DirtyBytes); // memory is untouched: the record covers it
+
+            link.PersistExtents([(5u, 0UL)]); // another eviction in the page, record still in flight: kept
+            Assert.Equal(1024, OnDiskBits(meta, 5));
+            Assert.True(link.OnAck(take.LastSeq, take.LastSeq, take.LastSeq)); // durable on the peer
+            link.PersistExtents([(6u, 0UL)]); // the same page written again: the forced bits clear now
+            Assert.Equal(0, OnDiskBits(meta, 5));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+
+        static int OnDiskBits(BlockRepl.Core.MetaFile meta, int extent)
+        {
+            var words = new ulong[(Size + 4095) / 4096 / 64];
+            meta.ReadBitmap(words);
+            return words.Skip(extent * 16).Take(16).Sum(w => System.Numerics.BitOperations.PopCount(w));
+        }
+    }
 }
