@@ -23,7 +23,6 @@ internal sealed class PeerConnector : IAsyncDisposable
 
     /// <summary>Batches sent stored (no LZ4) after an incompressible one, before compression is tried again.</summary>
     private const int SkipAfterIncompressible = 4;
-    private const int MaxSkipAfterIncompressible = 64;
 
     /// <summary>How long a demoted node keeps its stream open for the peer to acknowledge what is in flight.</summary>
     private static readonly TimeSpan DemoteDrainLimit = TimeSpan.FromSeconds(35);
@@ -249,7 +248,6 @@ internal sealed class PeerConnector : IAsyncDisposable
         var idle = _settings.PeerTimeout / 4;
         ulong pings = 0;
         var skipCompression = 0;
-        var skipAfterMiss = SkipAfterIncompressible / 2;
         while (true)
         {
             var take = await link.TakeAsync(writer, ReplicationSettings.SoftBatchBytes, idle, token).ConfigureAwait(false);
@@ -295,14 +293,8 @@ internal sealed class PeerConnector : IAsyncDisposable
                     records = compressed.AsMemory(0, length);
                     if (length > writer.UncompressedLength * IncompressibleRatio)
                     {
-                        // Random or already compressed data: send the next batches as they are, then try again;
-                        // each further miss in a row doubles the wait (up to 64 batches), a hit resets it.
-                        skipAfterMiss = Math.Min(MaxSkipAfterIncompressible, skipAfterMiss * 2);
-                        skipCompression = skipAfterMiss;
-                    }
-                    else
-                    {
-                        skipAfterMiss = SkipAfterIncompressible / 2;
+                        // Random or already compressed data: send the next batches as they are, then try again.
+                        skipCompression = SkipAfterIncompressible;
                     }
                 }
 
