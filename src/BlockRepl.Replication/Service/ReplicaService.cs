@@ -610,28 +610,24 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 var received = Volatile.Read(ref _received);
                 applied = Volatile.Read(ref _applied);
                 var durable = Volatile.Read(ref _durable);
-                while (_readReplies.Reader.TryRead(out var read))
+                // Replies (reads for a diskless primary, then hashes) ride on acks carrying the current seqs.
+                while (true)
                 {
-                    await responses.WriteAsync(new ReplicationAck
+                    var ack = new ReplicationAck { ReceivedSeq = Math.Max(received, applied), AppliedSeq = applied, DurableSeq = Math.Min(durable, applied) };
+                    if (_readReplies.Reader.TryRead(out var read))
                     {
-                        ReceivedSeq = Math.Max(received, applied),
-                        AppliedSeq = applied,
-                        DurableSeq = Math.Min(durable, applied),
-                        ReadReply = read,
-                    }, token).ConfigureAwait(false);
-                    (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
-                    lastSent = Environment.TickCount64;
-                }
+                        ack.ReadReply = read;
+                    }
+                    else if (_checksumReplies.Reader.TryRead(out var checksum))
+                    {
+                        ack.ChecksumReply = checksum;
+                    }
+                    else
+                    {
+                        break;
+                    }
 
-                while (_checksumReplies.Reader.TryRead(out var checksum))
-                {
-                    await responses.WriteAsync(new ReplicationAck
-                    {
-                        ReceivedSeq = Math.Max(received, applied),
-                        AppliedSeq = applied,
-                        DurableSeq = Math.Min(durable, applied),
-                        ChecksumReply = checksum,
-                    }, token).ConfigureAwait(false);
+                    await responses.WriteAsync(ack, token).ConfigureAwait(false);
                     (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
                     lastSent = Environment.TickCount64;
                 }

@@ -11,28 +11,8 @@ namespace BlockRepl.Tests.Replication.Pair;
 /// </summary>
 public sealed class FaultLoadTests(ITestOutputHelper output)
 {
-    private static async Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(string size)
-    {
-        FaultProxy? proxy = null;
-        try
-        {
-            var pair = await ReplicaPair.StartAsync("sync", size, beforeStart: async p =>
-            {
-                proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
-                p.PeerOfA = proxy.Url;
-            });
-            return (pair, proxy!);
-        }
-        catch
-        {
-            if (proxy is not null)
-            {
-                await proxy.DisposeAsync();
-            }
-
-            throw;
-        }
-    }
+    private static Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(string size) =>
+        LinkFaultTests.StartBehindProxyAsync("sync", size);
 
     /// <summary>Runs the ackcheck writer on the primary for <paramref name="seconds"/> while <paramref name="faults"/> plays.</summary>
     private static async Task<AckCheck.WriterSummary> WriteUnderFaultsAsync(ReplicaPair pair, string state, int seconds, int seed, Func<Task> faults)

@@ -9,7 +9,8 @@ namespace BlockRepl.Tests.Replication.Pair;
 [Collection(DaemonCollection.Name)]
 public sealed class LinkFaultTests(ITestOutputHelper output)
 {
-    private static async Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(string mode, string size, IReadOnlyList<string>? extra = null)
+    /// <summary>A pair whose primary reaches its secondary through tools/faultproxy.py.</summary>
+    internal static async Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(string mode, string size, IReadOnlyList<string>? extra = null)
     {
         FaultProxy? proxy = null;
         try
