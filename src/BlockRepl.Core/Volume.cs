@@ -362,6 +362,7 @@ public sealed partial class Volume : IDisposable
             lock (_order)
             {
                 EnsureWritable();
+                ThrowIfDisklessWithoutPeerLocked();
                 BeforeChangeLocked();
 
                 // The record goes to the shipper first, so sending overlaps the local pwrite; both happen under the
@@ -483,6 +484,7 @@ public sealed partial class Volume : IDisposable
         lock (_order)
         {
             EnsureWritable();
+            ThrowIfDisklessWithoutPeerLocked();
             BeforeChangeLocked();
             peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
             try
@@ -552,6 +554,7 @@ public sealed partial class Volume : IDisposable
         lock (_order)
         {
             EnsureWritable();
+            ThrowIfDisklessWithoutPeerLocked();
             BeforeChangeLocked(); // the new generation is on disk before the change it covers
             if (_diskless)
             {

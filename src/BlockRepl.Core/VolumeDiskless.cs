@@ -37,9 +37,26 @@ public sealed partial class Volume
         }
     }
 
+    /// <summary>
+    /// Detaching is safe only when the peer holds everything: sync mode, connected, no resync running and nothing
+    /// dirty (a sync source that lost its disk mid-resync has data nowhere else; its clients must see the error).
+    /// </summary>
     private bool CanDetachLocked() =>
         DetachOnIoError && _role == VolumeRole.Primary && _link is { } link && link.Mode == ReplicationMode.Sync
-        && link.Streaming && link.Accepted && !link.Ahead && link.PeerServesReads;
+        && link.Streaming && link.Accepted && !link.Ahead && link.PeerServesReads && !link.ResyncActive && !link.HasDirty;
+
+    /// <summary>
+    /// Diskless with no connected peer: nothing can hold a change. Checked before the change gets a generation or a
+    /// bitmap bit, so a write that fails here leaves no trace.
+    /// </summary>
+    private void ThrowIfDisklessWithoutPeerLocked()
+    {
+        if (_diskless && !(_link is { } link && link.Streaming && link.Accepted))
+        {
+            Counters.Error();
+            throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
+        }
+    }
 
     /// <summary>While diskless, a change goes to the peer only: true (skip the local image), or EIO when the peer is away.</summary>
     private bool SkipLocalLocked(long offset, long length, Task? peer)

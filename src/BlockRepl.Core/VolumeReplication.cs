@@ -102,7 +102,14 @@ public sealed partial class Volume
         {
             _bumpPending = false;
             _peerGeneration = peerGeneration;
-            if (peerDirtyRuns is { Count: > 0 })
+            if (_diskless)
+            {
+                // No local data to send: the peer holds every acknowledged write (a write it had not acknowledged
+                // when the stream ended was failed to its client), so nothing is resynced from this node.
+                _link!.ClearAll();
+                fullResync = false;
+            }
+            else if (peerDirtyRuns is { Count: > 0 })
             {
                 // Ranges the peer changed itself: this node's content goes back over them.
                 _link!.MarkRuns(peerDirtyRuns);
@@ -159,8 +166,10 @@ public sealed partial class Volume
                 return;
             }
 
-            link.CloseStream(_role == VolumeRole.Primary ? null
-                : new VolumeReadOnlyException($"volume {Name} stopped being primary before its peer acknowledged the write"));
+            link.CloseStream(
+                _role != VolumeRole.Primary ? new VolumeReadOnlyException($"volume {Name} stopped being primary before its peer acknowledged the write")
+                : _diskless ? new BlockImageException($"volume {Name}: the local disk is detached and the peer went away before it acknowledged the write", Native.LibC.EIO)
+                : null);
             lock (_metaGate)
             {
                 if (_role == VolumeRole.Primary && _peerGeneration == _metadata.CurrentGeneration)

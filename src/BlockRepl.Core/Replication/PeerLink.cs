@@ -344,6 +344,15 @@ internal sealed partial class PeerLink
     }
 
     /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
+    /// <summary>Clears the bitmap in memory (a diskless node has nothing to resync from).</summary>
+    public void ClearAll()
+    {
+        lock (_gate)
+        {
+            _bitmap.Clear();
+        }
+    }
+
     public void ClearAllAndPersist()
     {
         lock (_gate)

@@ -62,6 +62,43 @@ public sealed class DisklessTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Diskless_PeerGoesAway_IoFails_NothingStaleIsResynced_WhenThePeerReturns()
+    {
+        Tool.Require("qemu-io");
+        using var faults = new TempDirectory();
+        var fault = faults.PathOf("disk-fails");
+        var (pair, proxy) = await LinkFaultTests.StartBehindProxyAsync("sync", "16M", extraA: ["--fault-injection-file", fault]);
+        await using var _ = pair;
+        await using var __ = proxy;
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x11 0 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        await File.WriteAllTextAsync(fault, "fail");
+        await Task.Delay(200);
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x22 1M 1M"], Tool.DefaultTimeout)).EnsureSuccess();
+        Assert.Equal("diskless", ReplicaPair.Str(await ReplicaPair.VolumeAsync(pair.A), "disk"));
+
+        // The link goes down: with no disk and no peer there is no copy to serve or to write to.
+        await proxy.SendAsync("cut");
+        await ReplicaPair.WaitForAsync(pair.A, v => ReplicaPair.Str(v, "connection") == "connecting", "the primary losing its peer");
+        var write = await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x33 2M 1M"], Tool.DefaultTimeout);
+        Assert.Contains("Input/output error", write.Stdout + write.Stderr, StringComparison.Ordinal);
+        var read = await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "read -P 0x22 1M 4k"], Tool.DefaultTimeout);
+        Assert.Contains("Input/output error", read.Stdout + read.Stderr, StringComparison.Ordinal);
+
+        // The link returns: nothing is resynced from the dead disk; the peer's data is served again, the failed write
+        // left no trace, and once the disk is back an attach makes the images identical.
+        await proxy.SendAsync("pass");
+        await ReplicaPair.WaitForAsync(pair.A, v => ReplicaPair.Str(v, "connection") == "connected", "the link back");
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "read -P 0x11 0 1M", "-c", "read -P 0x22 1M 1M", "-c", "read -P 0 2M 1M"],
+            Tool.DefaultTimeout)).EnsureSuccess();
+        File.Delete(fault);
+        Assert.Equal(0, (await ReplicaPair.CliAsync(pair.A, "attach")).ExitCode);
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"images differ: {hashA} vs {hashB}");
+    }
+
+    [Fact]
     public async Task PrimaryFilesystemFull_Diskless_ClientSeesNoError_AttachAfterRoomIsMade()
     {
         Tool.Require("qemu-io");

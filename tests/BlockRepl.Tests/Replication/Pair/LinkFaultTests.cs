@@ -10,12 +10,13 @@ namespace BlockRepl.Tests.Replication.Pair;
 public sealed class LinkFaultTests(ITestOutputHelper output)
 {
     /// <summary>A pair whose primary reaches its secondary through tools/faultproxy.py.</summary>
-    internal static async Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(string mode, string size, IReadOnlyList<string>? extra = null)
+    internal static async Task<(ReplicaPair Pair, FaultProxy Proxy)> StartBehindProxyAsync(
+        string mode, string size, IReadOnlyList<string>? extra = null, IReadOnlyList<string>? extraA = null)
     {
         FaultProxy? proxy = null;
         try
         {
-            var pair = await ReplicaPair.StartAsync(mode, size, extra, beforeStart: async p =>
+            var pair = await ReplicaPair.StartAsync(mode, size, extra, extraA: extraA, beforeStart: async p =>
             {
                 proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
                 p.PeerOfA = proxy.Url;
