@@ -51,23 +51,21 @@ public sealed partial class Volume : IDisposable
         _disk = StateNames.ParseDisk(metadata.Disk);
         _loggedAtOpen = metaFile.ReadActivityLog();
 
+        if (!metadata.CleanShutdown && metadata.ActivityLogKept)
+        {
+            // Killed with the activity log kept (as primary, or right after stepping down before its own changes
+            // were on disk): what the peer may lack, or this image may hold beyond it, is inside the logged
+            // extents or set in the persisted bitmap. Those are resynced; nothing else.
+            _recoverFromLog = true;
+        }
+
         if (_role == VolumeRole.Primary)
         {
-            if (!metadata.CleanShutdown)
+            if (!metadata.CleanShutdown && !metadata.ActivityLogKept)
             {
-                if (metadata.ActivityLogKept)
-                {
-                    // Killed while serving as primary, with the activity log kept: what the peer may lack (or hold
-                    // beyond this image) is inside the logged extents or set in the persisted bitmap. Those are
-                    // resynced; nothing else.
-                    _recoverFromLog = true;
-                }
-                else
-                {
-                    // No activity log: writes may have reached this image and never the peer, and nothing names
-                    // them. The next resync is a full one.
-                    metadata.NeedsFullSync = true;
-                }
+                // No activity log: writes may have reached this image and never the peer, and nothing names
+                // them. The next resync is a full one.
+                metadata.NeedsFullSync = true;
             }
 
             // Whether or not the stop was clean, the first write before the peer is back starts a new
@@ -339,18 +337,8 @@ public sealed partial class Volume : IDisposable
         await WriteHeld(al, offset, copy, fua).ConfigureAwait(false);
     }
 
-    private static async Task AcquireLogAsync(ActivityLog al, long offset, long length)
-    {
-        try
-        {
-            await al.AcquireAsync(offset, length).ConfigureAwait(false);
-        }
-        catch
-        {
-            al.Release(offset, length, 0);
-            throw;
-        }
-    }
+    /// <summary>Waits until the range's extents are logged and held (a failed wait holds nothing).</summary>
+    private static Task AcquireLogAsync(ActivityLog al, long offset, long length) => al.AcquireAsync(offset, length);
 
     /// <summary>The write with its activity-log extents held (when the log is on): ordering lock, record, pwrite.</summary>
     private ValueTask WriteHeld(ActivityLog? al, long offset, ReadOnlySpan<byte> data, bool fua)

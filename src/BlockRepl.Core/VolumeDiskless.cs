@@ -83,7 +83,11 @@ public sealed partial class Volume
             return false;
         }
 
-        DetachLocked(error);
+        if (!DetachLocked(error))
+        {
+            return false;
+        }
+
         _localMissing!.Mark(offset, length);
         return true;
     }
@@ -97,21 +101,37 @@ public sealed partial class Volume
                 return true;
             }
 
-            if (!CanDetachLocked())
-            {
-                return false;
-            }
-
-            DetachLocked(error);
-            return true;
+            return CanDetachLocked() && DetachLocked(error);
         }
     }
 
-    private void DetachLocked(BlockImageException error)
+    /// <summary>Goes diskless, once that is recorded in NAME.meta; false (stay attached, the error goes to the client) when it cannot be.</summary>
+    private bool DetachLocked(BlockImageException error)
     {
         if (_diskless)
         {
-            return;
+            return true;
+        }
+
+        try
+        {
+            lock (_metaGate)
+            {
+                // Recorded first, so that a restart never serves this image as up to date: from now on it lacks what
+                // goes only to the peer. If even that cannot be written, detaching would be unsafe.
+                _metadata.Disk = DiskState.Diskless.Name();
+                _metaFile.Save(_metadata);
+            }
+        }
+        catch (IOException ex)
+        {
+            lock (_metaGate)
+            {
+                _metadata.Disk = _disk.Name();
+            }
+
+            ReportError($"local disk failed ({error.Message}) and NAME.meta cannot record a detach ({ex.Message}): the error goes to the client");
+            return false;
         }
 
         _localMissing ??= new DirtyBitmap(Size);
@@ -119,19 +139,7 @@ public sealed partial class Volume
         _disk = DiskState.Diskless;
         Counters.Error();
         ReportError($"local disk failed ({error.Message}): detached; reads and writes go through the peer (diskless)");
-        try
-        {
-            lock (_metaGate)
-            {
-                // Recorded so that a restart never serves this image as up to date: it lacks what went only to the peer.
-                _metadata.Disk = DiskState.Diskless.Name();
-                _metaFile.Save(_metadata);
-            }
-        }
-        catch (IOException)
-        {
-            // The metadata may live on the failing disk; the in-memory state still protects this run.
-        }
+        return true;
     }
 
     /// <summary>The local half of a FLUSH or FUA: none while diskless; a failing fdatasync detaches when it can.</summary>
@@ -157,14 +165,13 @@ public sealed partial class Volume
         {
             lock (_order)
             {
-                if (peer is null || !CanDetachLocked())
+                if (peer is null || !CanDetachLocked() || !DetachLocked(ex))
                 {
                     throw;
                 }
 
                 // Which writes reached the platter before the failed fdatasync is unknowable: the whole image is
                 // treated as missing, and an attach pulls all of it.
-                DetachLocked(ex);
                 _localMissing!.MarkAll();
             }
         }

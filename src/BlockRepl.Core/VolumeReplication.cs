@@ -30,6 +30,20 @@ public sealed partial class Volume
         if (_recoverFromLog && _loggedAtOpen.Length > 0)
         {
             link.MarkExtents(_loggedAtOpen);
+            try
+            {
+                // On disk at once: the log may be rewritten (smaller capacity, evictions) before the resync ends.
+                link.PersistAll();
+            }
+            catch (IOException ex)
+            {
+                lock (_metaGate)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                ReportError($"could not persist the recovered bitmap ({ex.Message}): the next resync is a full one");
+            }
         }
 
         if (_recoverFromLog)
@@ -626,7 +640,20 @@ public sealed partial class Volume
         }
         catch (IOException ex)
         {
-            // The log on disk still names the extents; the next start recovers from it.
+            // The log on disk still names the extents and the next start recovers from it; meanwhile the next
+            // resync must not trust the bitmap.
+            lock (_metaGate)
+            {
+                _metadata.NeedsFullSync = true;
+                try
+                {
+                    _metaFile.Save(_metadata);
+                }
+                catch (IOException)
+                {
+                }
+            }
+
             ReportError($"could not persist the bitmap: {ex.Message}");
         }
     }

@@ -24,7 +24,6 @@ internal sealed class ActivityLog
     private readonly int _capacity;
     private readonly MetaFile _meta;
     private readonly List<Waiter> _waiters = [];
-    private readonly HashSet<uint> _pending = [];
     private readonly int _extentCount;
     private int _hot;
     private long _clock;
@@ -78,11 +77,15 @@ internal sealed class ActivityLog
     /// comes with that extent's last seq: its bits must be written all set, and stay set on disk until the safe
     /// seq passes it (the records still on their way are covered by the bitmap instead of the log).
     /// </param>
-    public void Bind(Func<ulong> safeSeq, Action<IReadOnlyList<(uint Extent, ulong UntilSeq)>> persistBitmap)
+    /// <param name="persistFailed">A bitmap write or sync failed: what the caller believes is on disk may not be.</param>
+    public void Bind(Func<ulong> safeSeq, Action<IReadOnlyList<(uint Extent, ulong UntilSeq)>> persistBitmap, Action? persistFailed = null)
     {
         _safeSeq = safeSeq;
         _persistBitmap = persistBitmap;
+        _persistFailed = persistFailed ?? (() => { });
     }
+
+    private Action _persistFailed = () => { };
 
     public (int Hot, long Transactions, long Evictions) Stats
     {
@@ -129,28 +132,20 @@ internal sealed class ActivityLog
         }
     }
 
-    /// <summary>Holds the range's extents, completing once every one of them is in the durable log.</summary>
+    /// <summary>
+    /// Holds the range's extents, completing once every one of them is in the durable log and held. A request that
+    /// waits holds nothing meanwhile (so waiting requests can never pin the log full); it is admitted whole, in
+    /// arrival order, and its extents are held in the same step that finds them all logged.
+    /// </summary>
     public Task AcquireAsync(long offset, long length)
     {
         var (first, last) = Span(offset, length);
         Task wait;
         lock (_gate)
         {
-            var now = ++_clock;
-            var missing = false;
-            for (var e = first; e <= last; e++)
+            if (AllHotLocked(first, last))
             {
-                _slots[e].Refs++;
-                _slots[e].LastUse = now;
-                if (!_slots[e].Hot)
-                {
-                    _pending.Add(e);
-                    missing = true;
-                }
-            }
-
-            if (!missing)
-            {
+                HoldLocked(first, last);
                 return Task.CompletedTask;
             }
 
@@ -162,6 +157,29 @@ internal sealed class ActivityLog
 
         Commit();
         return wait;
+    }
+
+    private bool AllHotLocked(uint first, uint last)
+    {
+        for (var e = first; e <= last; e++)
+        {
+            if (!_slots[e].Hot)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private void HoldLocked(uint first, uint last)
+    {
+        var now = ++_clock;
+        for (var e = first; e <= last; e++)
+        {
+            _slots[e].Refs++;
+            _slots[e].LastUse = now;
+        }
     }
 
     /// <summary>The write is done locally; its last record in the range got <paramref name="seq"/> (0: no record).</summary>
@@ -228,31 +246,71 @@ internal sealed class ActivityLog
             uint[] image;
             lock (_gate)
             {
-                if (_committing || _pending.Count == 0)
+                if (_committing || _waiters.Count == 0)
                 {
                     return;
                 }
 
-                var room = _capacity - _hot;
-                victims = [];
-                if (_pending.Count > room)
+                // Admit whole requests in arrival order while the log can make room for them: free slots plus
+                // logged extents no write holds (those outside the admitted requests' own ranges).
+                var admittedSet = new HashSet<uint>();
+                var protectedSet = new HashSet<uint>();
+                var free = _capacity - _hot;
+                var evictable = 0;
+                for (var e = 0; e < _slots.Length; e++)
                 {
-                    victims = ChooseVictimsLocked(_pending.Count - room);
-                    foreach (var (v, _) in victims)
+                    if (_slots[e].Hot && _slots[e].Refs == 0)
                     {
-                        _slots[v].Hot = false; // no new write may enter it until it is logged again
-                        _hot--;
+                        evictable++;
+                    }
+                }
+
+                foreach (var w in _waiters)
+                {
+                    var missing = new List<uint>();
+                    var ownHotIdle = 0;
+                    for (var e = w.First; e <= w.Last; e++)
+                    {
+                        if (!_slots[e].Hot)
+                        {
+                            if (!admittedSet.Contains(e))
+                            {
+                                missing.Add(e);
+                            }
+                        }
+                        else if (_slots[e].Refs == 0 && !protectedSet.Contains(e))
+                        {
+                            ownHotIdle++; // logged and idle, but this request needs it: not a victim
+                        }
                     }
 
-                    room += victims.Count;
+                    if (admittedSet.Count + missing.Count > free + evictable - ownHotIdle)
+                    {
+                        break; // first in, first served: later requests wait behind this one
+                    }
+
+                    evictable -= ownHotIdle;
+                    for (var e = w.First; e <= w.Last; e++)
+                    {
+                        protectedSet.Add(e);
+                    }
+
+                    admittedSet.UnionWith(missing);
                 }
 
-                if (room <= 0)
+                if (admittedSet.Count == 0)
                 {
-                    return; // every logged extent still has records in flight: the next ack or release retries
+                    return; // the log is held full by writes in progress: the next release retries
                 }
 
-                admitted = [.. _pending.Take(room)];
+                admitted = [.. admittedSet];
+                victims = admitted.Count > free ? ChooseVictimsLocked(admitted.Count - free, protectedSet) : [];
+                foreach (var (v, _) in victims)
+                {
+                    _slots[v].Hot = false; // no new write may enter it until it is logged again
+                    _hot--;
+                }
+
                 image = [.. HotLocked(), .. admitted];
                 _committing = true;
             }
@@ -271,8 +329,17 @@ internal sealed class ActivityLog
             }
             catch (Exception ex)
             {
+                _persistFailed();
                 lock (_gate)
                 {
+                    // The durable log may still name the victims, or not (a torn slot falls back to the previous
+                    // one): keep treating them as logged, so their bits are persisted again before they go.
+                    foreach (var (v, _) in victims)
+                    {
+                        _slots[v].Hot = true;
+                        _hot++;
+                    }
+
                     _committing = false;
                     FailWaitersLocked(ex);
                 }
@@ -286,7 +353,6 @@ internal sealed class ActivityLog
                 _evictions += victims.Count;
                 foreach (var e in admitted)
                 {
-                    _pending.Remove(e);
                     _slots[e].Hot = true;
                     _hot++;
                 }
@@ -302,14 +368,14 @@ internal sealed class ActivityLog
     /// An extent with records still on their way is evicted too when it must be, with its last seq: its bits go
     /// to disk all set (<see cref="Bind"/>), so a full log never waits for a slow peer's acks.
     /// </summary>
-    private List<(uint Extent, ulong UntilSeq)> ChooseVictimsLocked(int wanted)
+    private List<(uint Extent, ulong UntilSeq)> ChooseVictimsLocked(int wanted, HashSet<uint> keep)
     {
         var safe = _safeSeq();
         var candidates = new List<(bool Unsafe, long LastUse, uint Extent, ulong LastSeq)>();
         for (var e = 0; e < _slots.Length; e++)
         {
             ref var s = ref _slots[e];
-            if (s.Hot && s.Refs == 0)
+            if (s.Hot && s.Refs == 0 && !keep.Contains((uint)e))
             {
                 candidates.Add((s.LastSeq > safe, s.LastUse, (uint)e, s.LastSeq));
             }
@@ -321,19 +387,18 @@ internal sealed class ActivityLog
 
     private void ReleaseWaitersLocked()
     {
-        for (var i = _waiters.Count - 1; i >= 0; i--)
+        for (var i = 0; i < _waiters.Count;)
         {
             var w = _waiters[i];
-            var ready = true;
-            for (var e = w.First; e <= w.Last && ready; e++)
+            if (AllHotLocked(w.First, w.Last))
             {
-                ready = _slots[e].Hot;
-            }
-
-            if (ready)
-            {
+                HoldLocked(w.First, w.Last); // held in the step that finds them logged: no eviction in between
                 _waiters.RemoveAt(i);
                 w.Done.TrySetResult();
+            }
+            else
+            {
+                i++;
             }
         }
 
@@ -349,7 +414,6 @@ internal sealed class ActivityLog
         }
 
         _waiters.Clear();
-        _pending.Clear();
         _hasWaiters = false;
     }
 

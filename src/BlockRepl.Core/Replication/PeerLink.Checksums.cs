@@ -223,6 +223,8 @@ internal sealed partial class PeerLink
                 return false;
             }
 
+            MarkTakenLocked(offset, length); // on disk until the probe settles and its records are safe
+
             if (offset < _resyncCursor)
             {
                 _bitmap.Mark(offset, length); // wrapped around: the probing pass is over

@@ -170,7 +170,7 @@ internal sealed partial class PeerLink
             _bitmap.Or(_onDisk);
         }
 
-        al?.Bind(() => SafeSeq, PersistExtents);
+        al?.Bind(() => SafeSeq, PersistExtents, () => Volatile.Write(ref _onDiskUnknown, true));
     }
 
     /// <summary>Marks whole activity-log extents dirty (after a crash: what the log names may differ anywhere).</summary>
@@ -211,6 +211,13 @@ internal sealed partial class PeerLink
     // disk until the safe seq passes the extent's last seq. Guarded by _gate.
     private readonly Dictionary<uint, ulong> _forced = [];
 
+    // Chunks a resync took (cleared in memory) whose records are not durable on the peer yet: written set with
+    // every page until the resync's records are safe, so a taken bit is never only in memory. Guarded by _gate.
+    private DirtyBitmap? _taken;
+
+    // A bitmap write or sync failed: _onDisk may be ahead of the disk, so every page is written until PersistAll works.
+    private bool _onDiskUnknown;
+
     /// <summary>
     /// Writes the bitmap pages holding <paramref name="extents"/>' bits (not synced: the caller syncs). An extent with
     /// an UntilSeq above 0 had records in flight: its bits are written all set and kept set until they are safe.
@@ -242,8 +249,18 @@ internal sealed partial class PeerLink
         }
 
         const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
-        PersistPages(Enumerable.Range(0, (_bitmap.Words.Length + wordsPerPage - 1) / wordsPerPage).Select(p => (long)p));
-        _meta.Sync();
+        try
+        {
+            PersistPages(Enumerable.Range(0, (_bitmap.Words.Length + wordsPerPage - 1) / wordsPerPage).Select(p => (long)p));
+            _meta.Sync();
+        }
+        catch (IOException)
+        {
+            Volatile.Write(ref _onDiskUnknown, true);
+            throw;
+        }
+
+        Volatile.Write(ref _onDiskUnknown, false);
     }
 
     private void PersistPages(IEnumerable<long> pages)
@@ -272,11 +289,15 @@ internal sealed partial class PeerLink
                     // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
                     // records (whose bits were cleared when taken) are still short of durable on the peer.
                     var mayClear = !_streaming || (!_resyncActive && _durable >= _lastResyncSeq);
+                    if (mayClear)
+                    {
+                        _taken?.Clear();
+                    }
+
                     changed = false;
                     for (var i = 0; i < count; i++)
                     {
-                        var value = _bitmap.Words[first + i] | (mayClear ? 0 : _onDisk[first + i]);
-                        changed |= value != _onDisk[first + i];
+                        var value = _bitmap.Words[first + i] | (mayClear ? 0 : _onDisk[first + i]) | (_taken?.Words[first + i] ?? 0);
                         page[i] = value;
                     }
 
@@ -306,16 +327,16 @@ internal sealed partial class PeerLink
                         }
                     }
 
-                    changed = !page.AsSpan(0, count).SequenceEqual(_onDisk.AsSpan(first, count));
-                    if (changed)
-                    {
-                        page.AsSpan(0, count).CopyTo(_onDisk.AsSpan(first));
-                    }
+                    changed = Volatile.Read(ref _onDiskUnknown) || !page.AsSpan(0, count).SequenceEqual(_onDisk.AsSpan(first, count));
                 }
 
                 if (changed)
                 {
                     _meta.WriteBitmap(page.AsSpan(0, count), first);
+                    lock (_gate)
+                    {
+                        page.AsSpan(0, count).CopyTo(_onDisk.AsSpan(first)); // only once written (and serialized by _persistGate)
+                    }
                 }
             }
         }
@@ -875,6 +896,18 @@ internal sealed partial class PeerLink
         }
     }
 
+    /// <summary>A resync took these chunks out of the bitmap: they stay set on disk until its records are safe.</summary>
+    private void MarkTakenLocked(long offset, long length)
+    {
+        if (_onDisk is null)
+        {
+            return;
+        }
+
+        _taken ??= new DirtyBitmap((long)_onDisk.Length * 64 * DirtyBitmap.ChunkSize);
+        _taken.Mark(offset, length);
+    }
+
     /// <summary>The shipper sent a batch: counts for status.</summary>
     public void CountSent(int records, long payloadBytes, long wireBytes)
     {
@@ -900,12 +933,13 @@ internal sealed partial class PeerLink
             }
 
             _received = Math.Max(_received, received);
-            ReleaseSpaceLocked();
             while (_unreceived.TryPeek(out var r) && r.Seq <= _received)
             {
                 _unreceived.Dequeue();
                 _inflightBytes -= r.Cost;
             }
+
+            ReleaseSpaceLocked();
 
             MaybeLeaveAheadLocked();
             _applied = Math.Max(_applied, applied);
@@ -1002,6 +1036,7 @@ internal sealed partial class PeerLink
                 return false;
             }
 
+            MarkTakenLocked(offset, length);
             _resyncCursor = offset + length;
             return true;
         }
