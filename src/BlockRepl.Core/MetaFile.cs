@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Numerics;
 using System.Runtime.InteropServices;
-using System.Text;
 using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
 using BlockRepl.Core.Native;
@@ -458,8 +457,4 @@ public sealed class MetaFile : IDisposable
             _ = LibC.close(fd);
         }
     }
-
-    /// <summary>The JSON of a record, for tests and tools (the file itself is binary around it).</summary>
-    public static string Describe(VolumeMetadata metadata) =>
-        Encoding.UTF8.GetString(JsonSerializer.SerializeToUtf8Bytes(metadata, MetadataJsonContext.Default.VolumeMetadata));
 }

@@ -24,7 +24,6 @@ internal sealed class ActivityLog
     private readonly int _capacity;
     private readonly MetaFile _meta;
     private readonly List<Waiter> _waiters = [];
-    private readonly int _extentCount;
     private int _hot;
     private long _clock;
     private bool _committing;
@@ -50,11 +49,10 @@ internal sealed class ActivityLog
         ArgumentOutOfRangeException.ThrowIfGreaterThan(capacity, MetaFile.MaxAlExtents);
         _capacity = capacity;
         _meta = meta;
-        _extentCount = (int)((sizeBytes + MetaFile.ExtentBytes - 1) >> MetaFile.ExtentShift);
-        _slots = new Slot[_extentCount];
+        _slots = new Slot[(sizeBytes + MetaFile.ExtentBytes - 1) >> MetaFile.ExtentShift];
         foreach (var extent in logged)
         {
-            if (extent < _extentCount && !_slots[extent].Hot && _hot < capacity)
+            if (extent < _slots.Length && !_slots[extent].Hot && _hot < capacity)
             {
                 _slots[extent].Hot = true;
                 _hot++;
@@ -95,15 +93,6 @@ internal sealed class ActivityLog
             {
                 return (_hot, _transactions, _evictions);
             }
-        }
-    }
-
-    /// <summary>The extents the log names now (for tests and status).</summary>
-    public uint[] HotExtents()
-    {
-        lock (_gate)
-        {
-            return HotLocked();
         }
     }
 
@@ -436,6 +425,6 @@ internal sealed class ActivityLog
     {
         var first = (uint)(offset >> MetaFile.ExtentShift);
         var last = (uint)((offset + Math.Max(1, length) - 1) >> MetaFile.ExtentShift);
-        return (first, Math.Min(last, (uint)_extentCount - 1));
+        return (first, Math.Min(last, (uint)_slots.Length - 1));
     }
 }

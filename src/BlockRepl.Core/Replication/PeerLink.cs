@@ -376,11 +376,7 @@ internal sealed partial class PeerLink
 
     public void ClearAllAndPersist()
     {
-        lock (_gate)
-        {
-            _bitmap.Clear();
-        }
-
+        ClearAll();
         PersistAll();
     }
 
