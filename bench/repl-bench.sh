@@ -32,9 +32,9 @@
 # Method: every daemon side gets its own 1 GiB raw file, zero-filled (written from /dev/zero, fully
 # allocated; the same for every configuration). All configurations run for the whole benchmark (idle
 # when not measured), fronted by NBD on unix sockets; replication links are TCP on 127.0.0.1.
-# Runs are interleaved: for each repeat, for each job, every configuration in turn. After each run on a
-# replicated configuration the script records how far the replica lags (blockrepl: queuedBytes +
-# dirtyBytes, lastSeq - appliedSeq, lastSeq - durableSeq from `blockrepl status --json`; qsd: len - offset
+# Runs are interleaved: for each repeat, for each job, every configuration in turn (the order rotated by one
+# each repeat). After each run on a replicated configuration the script records how far the replica lags
+# (blockrepl: queuedBytes + dirtyBytes, lastSeq - appliedSeq, lastSeq - durableSeq from `blockrepl status --json`; qsd: len - offset
 # of the mirror job from QMP query-block-jobs), then waits (bounded by DRAIN_TIMEOUT) until it has caught
 # up, so a backlog never runs into the next measurement. The sync pair then takes the wire-ratio copy, and
 # after a clean stop its secondary's image is compared with the copied ext4 image byte for byte.
@@ -301,7 +301,7 @@ HEADER=$(
 - date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - machine: $(nproc) CPUs, $CPU_MODEL; kernel $(uname -r); $(awk '/^MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)
 - tools: $(fio --version)$(printf ', %s' "${versions[@]}")
-- method: fio --ioengine=nbd (1 connection, NBD over a unix socket), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell, warm-up ${WARMUP} s per configuration; jobs: ${job_names[*]}
+- method: fio --ioengine=nbd (1 connection, NBD over a unix socket), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell (the order of configurations rotates by one each repetition), warm-up ${WARMUP} s per configuration; jobs: ${job_names[*]}
 - images: one 1 GiB raw file per daemon side on $FSTYPE ($BENCH_TMPDIR), **zero-filled** (written from /dev/zero, fully allocated) for every configuration
 - blockrepl: \`serve --data-dir D --volume vol --size 1G --nbd unix:D/nbd.sock --admin unix:D/admin.sock\` (DOTNET_gcServer=0); pairs add \`--role primary|secondary --listen 127.0.0.1:PORT --peer http://127.0.0.1:PEERPORT --mode sync|async\`, secondary started first, measured once the primary's status shows connection \`connected\`
 - qemu-storage-daemon: file node (cache.direct=off, writeback) + raw node exported over NBD on a unix socket; \`blockdev-mirror sync=full\` to a \`driver=nbd\` blockdev on \`qemu-nbd --cache=writeback -f raw\` over TCP 127.0.0.1; measured once the job is ready (never completed: the mirror stays active)
@@ -658,7 +658,11 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
     for job in "${JOBS[@]}"; do
         name="${job%%|*}"
         read -r -a args <<<"${job#*|}"
-        for c in "${ACTIVE[@]}"; do
+        # Each repetition starts one configuration further on (a rotation): the first configuration of a round
+        # runs right after another's writes and pays for their writeback, so no configuration may always be first.
+        ORDER=()
+        for ((k = 0; k < ${#ACTIVE[@]}; k++)); do ORDER+=("${ACTIVE[$(((k + rep - 1) % ${#ACTIVE[@]}))]}"); done
+        for c in "${ORDER[@]}"; do
             n=$((n + 1))
             out="$WORK/$c/$name.$rep.json"
             log "[$n/$total] run $rep/$REPEATS $name on $c"
