@@ -577,8 +577,10 @@ public sealed partial class Volume
 
     /// <summary>
     /// primary -> secondary: no new writes from now on; waits (up to <paramref name="timeout"/>) until every
-    /// write is durable on the peer, flushes, and records the role. With writes the peer may lack, the image is
-    /// marked as needing a full resync, so it can never be mistaken for an in-sync copy.
+    /// write is durable on the peer, flushes, and records the role. With writes the peer may lack, the image must
+    /// never be mistaken for an in-sync copy: with the activity log on, the bitmap names those writes (the records
+    /// not acknowledged go back into it) and goes to disk, so the next resync, from whichever node is primary
+    /// then, goes over exactly them; without the log the node is marked for a full resync.
     /// </summary>
     public async Task<RoleChangeResult> DemoteAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
@@ -603,11 +605,12 @@ public sealed partial class Volume
 
         await _flush.FlushAsync().ConfigureAwait(false);
         var drained = link is null || link.WasDrained;
+        var keepBitmap = !drained && _al is not null;
         link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} was demoted before its peer acknowledged the write"));
         lock (_metaGate)
         {
             _metadata.Role = VolumeRole.Secondary.Name();
-            if (link is not null && !drained)
+            if (link is not null && !drained && !keepBitmap)
             {
                 _metadata.NeedsFullSync = true;
             }
@@ -615,9 +618,30 @@ public sealed partial class Volume
             _metaFile.Save(_metadata);
         }
 
+        var reason = "";
+        if (keepBitmap)
+        {
+            // The stream closes; its unacknowledged records go back into the bitmap, which goes to disk (a failure
+            // there marks the node for a full resync instead).
+            PersistOwnChanges();
+            bool full;
+            lock (_metaGate)
+            {
+                full = _metadata.NeedsFullSync;
+            }
+
+            var own = link!.Snapshot().DirtyBytes;
+            reason = full
+                ? "the peer had not received every write and the bitmap could not be written: this node needs a full resync before it is in sync again"
+                : $"the peer had not received every write: the bitmap names {own} bytes, resynced from the primary (or to the peer if this node is promoted again) at the next connection";
+        }
+        else if (!drained)
+        {
+            reason = "the peer had not received every write: this node needs a full resync before it is in sync again";
+        }
+
         _receiverConnection = link is null ? ConnectionState.Standalone : ConnectionState.Connecting;
-        return new RoleChangeResult(true, drained ? "" : "the peer had not received every write: this node needs a full resync before it is in sync again",
-            ShippedRecords: shipped);
+        return new RoleChangeResult(true, reason, ShippedRecords: shipped);
     }
 
     /// <summary>Writes the bitmap (this node's own changes, for the peer to send back over) and empties the log.</summary>

@@ -157,9 +157,11 @@ internal static class AdminCommands
         return 0;
     }
 
-    public static async Task<int> DemoteAsync(AdminAddress admin, string? volume, CancellationToken cancellationToken)
+    public static async Task<int> DemoteAsync(AdminAddress admin, string? volume, TimeSpan? timeout, CancellationToken cancellationToken)
     {
-        var reply = await CallAsync<DemoteRequest, DemoteReply>(admin, AdminService.DemotePath, new DemoteRequest { Volume = volume ?? "" }, TimeSpan.FromSeconds(60), cancellationToken)
+        var request = new DemoteRequest { Volume = volume ?? "", TimeoutMs = (uint)(timeout?.TotalMilliseconds ?? 0) };
+        var deadline = (timeout ?? AdminService.DemoteDrainTimeout) + TimeSpan.FromSeconds(30);
+        var reply = await CallAsync<DemoteRequest, DemoteReply>(admin, AdminService.DemotePath, request, deadline, cancellationToken)
             .ConfigureAwait(false);
         if (!reply.Done)
         {

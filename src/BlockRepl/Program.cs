@@ -96,8 +96,9 @@ var status = AdminVerb("status", "show the volumes of a running daemon",
         : AdminCommands.StatusAsync(a, v, r.GetValue(json), ct), json, watch);
 var promote = AdminVerb("promote", "make this node's volume primary (failover or planned switchover)",
     (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);
+var demoteTimeout = new Option<string?>("--timeout") { Description = "how long to wait for the peer to acknowledge every write (default 30s; 100ms..10m)" };
 var demote = AdminVerb("demote", "make this node's volume secondary: ship what is queued, close clients",
-    (a, v, r, ct) => AdminCommands.DemoteAsync(a, v, ct));
+    (a, v, r, ct) => AdminCommands.DemoteAsync(a, v, r.GetValue(demoteTimeout) is { } t ? ServeOptions.ParseDuration(t, "--timeout") : null, ct), demoteTimeout);
 var repair = new Option<bool>("--repair") { Description = "resync the chunks that differ and verify them again" };
 var chunk = new Option<string?>("--chunk") { Description = "chunk size compared, a multiple of 4K up to 1M (default 64K)" };
 var verifyJson = new Option<bool>("--json") { Description = "print the result as JSON" };

@@ -188,7 +188,7 @@ internal sealed record ServeOptions
         }
     }
 
-    private static TimeSpan ParseDuration(string text, string flag)
+    internal static TimeSpan ParseDuration(string text, string flag)
     {
         var units = new (string Suffix, double Ms)[] { ("ms", 1), ("s", 1000), ("m", 60000) };
         foreach (var (suffix, ms) in units)

@@ -26,7 +26,8 @@ internal sealed class AdminService(
     public const string ResolvePath = "/blockrepl.v1.Admin/Resolve";
     public const string AttachPath = "/blockrepl.v1.Admin/Attach";
 
-    private static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
+    /// <summary>How long a demotion waits for the peer by default (<c>demote --timeout</c> overrides it).</summary>
+    public static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
     public Task<StatusReply> StatusAsync(StatusRequest request, ServerCallContext context)
     {
@@ -85,7 +86,8 @@ internal sealed class AdminService(
         EnsureAdminEndpoint(context);
         var v = Single(request.Volume);
         var wasPrimary = v.Volume.Role == Core.VolumeRole.Primary;
-        var result = await v.Volume.DemoteAsync(DemoteDrainTimeout, context.CancellationToken).ConfigureAwait(false);
+        var timeout = request.TimeoutMs == 0 ? DemoteDrainTimeout : TimeSpan.FromMilliseconds(Math.Min(request.TimeoutMs, 600_000));
+        var result = await v.Volume.DemoteAsync(timeout, context.CancellationToken).ConfigureAwait(false);
         var closed = wasPrimary ? v.CloseClients() : 0;
         if (wasPrimary)
         {
@@ -233,6 +235,9 @@ internal sealed class AdminService(
         var (missingRecords, missingBytes) = volume.KnownMissing;
         status.KnownMissingRecords = missingRecords;
         status.KnownMissingBytes = missingBytes;
+        // A secondary's bitmap names the blocks it changed itself as primary (after a demotion the peer had not
+        // acknowledged in full, a step-down or resolve --discard-my-data): the next resync overwrites them.
+        status.DirtyBytes = (ulong)(volume.ReplicationSnapshot?.DirtyBytes ?? 0);
         if (volume.ReplicationSnapshot is { } r && volume.Role == Core.VolumeRole.Primary)
         {
             status.Lag = new ReplicationLag
@@ -263,7 +268,6 @@ internal sealed class AdminService(
                 status.Wire.ChecksumEqualBytes = (ulong)equalBytes;
             }
 
-            status.DirtyBytes = (ulong)r.DirtyBytes;
             if (r.LastResyncSeconds > 0 || r.LastResyncBytes > 0)
             {
                 status.LastResync = new LastResync { Bytes = (ulong)r.LastResyncBytes, Seconds = r.LastResyncSeconds, Full = r.LastResyncFull, Reason = r.LastResyncReason };

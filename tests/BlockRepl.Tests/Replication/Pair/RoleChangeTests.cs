@@ -117,6 +117,53 @@ public sealed partial class RoleChangeTests(ITestOutputHelper output)
         Assert.True(hashA == hashB, $"images differ after demote/promote of an async pair that had gone ahead: {hashA} vs {hashB}");
     }
 
+    [Fact]
+    public async Task Demote_TimesOutOverAFrozenLink_BitmapKept_PromotedPeerResyncsOnlyThoseRanges_ImagesIdentical()
+    {
+        Tool.Require("qemu-io");
+        FaultProxy? proxy = null;
+        await using var pair = await ReplicaPair.StartAsync("sync", "256M", ["--peer-timeout", "60s"], beforeStart: async p =>
+        {
+            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
+            p.PeerOfA = proxy.Url;
+        });
+        await using var _ = proxy!;
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x11 0 4M"], Tool.DefaultTimeout)).EnsureSuccess();
+        await ReplicaPair.WaitInSyncAsync(pair.A);
+
+        // A dead link the primary has not noticed yet (peer timeout 60 s): four writes wait for the peer.
+        await proxy!.SendAsync("freeze");
+        var writes = Tool.RunAsync("qemu-io",
+            ["-f", "raw", pair.A.NbdUri, "-c", "aio_write -P 0x22 64M 64k", "-c", "aio_write -P 0x22 100M 64k",
+             "-c", "aio_write -P 0x22 150M 64k", "-c", "aio_write -P 0x22 200M 64k", "-c", "aio_flush"], TimeSpan.FromSeconds(60));
+        await ReplicaPair.WaitForAsync(pair.A, v => v.GetProperty("replication").GetProperty("lastSeq").GetUInt64()
+            >= v.GetProperty("replication").GetProperty("durableSeq").GetUInt64() + 4, "four writes waiting for the frozen peer");
+
+        var demote = await ReplicaPair.CliAsync(pair.A, "demote", "--timeout", "1s");
+        output.WriteLine($"demote: {demote.Stdout.Trim()}");
+        Assert.True(demote.ExitCode == 0 && demote.Stdout.Contains("the bitmap names", StringComparison.Ordinal), $"demote: {demote}");
+        var written = await writes;
+        Assert.DoesNotContain("wrote 65536/65536", written.Stdout, StringComparison.Ordinal); // none was acknowledged
+        var a = await ReplicaPair.VolumeAsync(pair.A);
+        output.WriteLine($"A after the demotion: dirty {a.GetProperty("dirtyBytes")}");
+        Assert.True(a.GetProperty("dirtyBytes").GetInt64() is >= 4 * 65536 and <= 4 * TestData.MiB, $"the bitmap should name the four writes: {a}");
+
+        // The frozen connections are reset; B takes over as planned and resyncs A from the bitmaps, not in full.
+        await proxy.SendAsync("cut");
+        await proxy.SendAsync("pass");
+        await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.Str(v, "connection") != "connected", "B sees the stream gone");
+        var promote = await ReplicaPair.CliAsync(pair.B!, "promote");
+        Assert.True(promote.ExitCode == 0, $"promote: {promote}");
+        var b = await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.IsInSync(v) && v.GetProperty("lastResync").ValueKind == System.Text.Json.JsonValueKind.Object,
+            "B primary, in sync, after a resync of A", TimeSpan.FromSeconds(60));
+        var last = b.GetProperty("lastResync");
+        output.WriteLine($"B's resync: {last}");
+        Assert.False(last.GetProperty("full").GetBoolean(), $"a bitmap resync was due, not a full one: {last}");
+        Assert.True(last.GetProperty("bytes").GetInt64() is >= 4 * 65536 and <= 4 * TestData.MiB, $"resynced bytes: {last}");
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"images differ after demote timeout and promote: {hashA} vs {hashB}");
+    }
+
     [GeneratedRegex(@"wrote 65536/65536 bytes at offset (\d+)")]
     private static partial Regex WroteLine();
 }
