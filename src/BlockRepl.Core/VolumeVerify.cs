@@ -131,6 +131,18 @@ public sealed partial class Volume
             }
         }
 
+        // The marks go to disk before the resync sends anything: they are not in the activity log, so a crash
+        // of this node before the resync ends would otherwise forget them. (A bit the resync takes stays set on
+        // disk until its record is safe on the peer.)
+        try
+        {
+            link.PersistAll();
+        }
+        catch (IOException ex)
+        {
+            ReportError($"verify repair: could not write the bitmap ({ex.Message}); the ranges are resynced, but a crash before that ends forgets them");
+        }
+
         var bytes = found.Differing.Sum(r => r.Length);
         log($"verify repair: {found.Differing.Count} ranges ({bytes} bytes) marked dirty; waiting for the resync to send them");
 

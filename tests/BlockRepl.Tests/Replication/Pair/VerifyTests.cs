@@ -283,6 +283,45 @@ public sealed class VerifyTests(ITestOutputHelper output)
         return (result.ExitCode, report, result);
     }
 
+    [Fact]
+    public async Task VerifyRepair_PrimaryKilledBeforeTheResyncSentTheRanges_RestartResyncsThem_ImagesIdentical()
+    {
+        FaultProxy? proxy = null;
+        await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
+        {
+            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
+            p.PeerOfA = proxy.Url;
+        });
+        await using var _ = proxy!;
+        var a = pair.A!;
+
+        // Nothing is written through the primary, so its activity log names no extent: after a crash only the
+        // bitmap on disk can say what the repair still had to send.
+        Corrupt(pair.ImageB, 10 * MiB + 7, 1);
+        Corrupt(pair.ImageB, 50 * MiB, 2);
+        await proxy!.SendAsync("delay 400");
+        var repair = ReplicaPair.CliAsync(a, "verify", "--repair");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!a.Stderr.Contains("marked dirty; waiting for the resync", StringComparison.Ordinal))
+        {
+            Assert.True(DateTime.UtcNow < deadline && !repair.IsCompleted, $"the repair never marked its ranges: {(repair.IsCompleted ? await repair : "")}\n{a.Stderr}");
+            await Task.Delay(5);
+        }
+
+        // The resync's records need at least 400 ms to reach the peer: none can have arrived.
+        await a.Kill9Async();
+        output.WriteLine($"verify --repair, killed mid-way: {await repair}");
+        await proxy.SendAsync("delay 0");
+        await pair.StartNodeAsync('a', "primary");
+        var st = await ReplicaPair.WaitForAsync(pair.A!, v => ReplicaPair.IsInSync(v) && v.GetProperty("lastResync").ValueKind == JsonValueKind.Object,
+            "the restarted primary in sync after a resync", TimeSpan.FromSeconds(60));
+        var last = st.GetProperty("lastResync");
+        output.WriteLine($"after the restart: {last}");
+        Assert.True(last.GetProperty("bytes").GetInt64() is >= 2 * 4 * KiB and < 64 * MiB, $"the restart should resync the repaired ranges only: {last}");
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"the repair was lost with the crash: images differ ({hashA} vs {hashB})");
+    }
+
     private static (long, long)[] Ranges(JsonElement report, string name) =>
         [.. report.GetProperty(name).EnumerateArray().Select(r => (r.GetProperty("offset").GetInt64(), r.GetProperty("length").GetInt64()))];
 
