@@ -51,8 +51,7 @@ bench-repl: deps build
 	bash bench/repl-bench.sh
 
 bench-al: deps build
-	CONFIGS="async-pair async-pair-nolog sync-pair sync-pair-nolog async-pair-log64" SEQ=0 WIRE=0 REPEATS=$${REPEATS:-5} \
-		OUT_NAME=al-bench-latest bash bench/repl-bench.sh
+	bash bench/al-bench.sh
 
 bench-resync: deps build
 	bash bench/resync-bench.sh

@@ -11,7 +11,8 @@
 #   CONFIGS    configurations to measure, any of "standalone async-pair sync-pair qsd-sync qsd-async" (the default)
 #              and, for the activity-log comparison (make bench-al), "async-pair-nolog sync-pair-nolog" (the pairs
 #              with --activity-log off) and "async-pair-log64" (a 64-extent, 256 MiB log: random writes over
-#              the 1 GiB volume keep evicting extents)
+#              the 1 GiB volume keep evicting extents); "async-pair-twin" is a second, identical async pair
+#              (a control: how far two identical pairs differ within one run, by their place in the list)
 #   OUT_NAME   base name of the report in bench/results (default repl-bench-latest)
 #   RUNTIME    seconds per fio run, time_based (default 4); RAMP: ramp_time seconds (default 1)
 #   REPEATS    runs per (configuration, job) cell; the table shows the median (default 3)
@@ -49,7 +50,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 DEFAULT_CONFIGS="standalone async-pair sync-pair qsd-sync qsd-async"
-ALL_CONFIGS="$DEFAULT_CONFIGS async-pair-nolog sync-pair-nolog async-pair-log64"
+ALL_CONFIGS="$DEFAULT_CONFIGS async-pair-nolog sync-pair-nolog async-pair-log64 async-pair-twin"
 CONFIGS="${CONFIGS:-$DEFAULT_CONFIGS}"
 RUNTIME="${RUNTIME:-4}"
 RAMP="${RAMP:-1}"
@@ -547,6 +548,7 @@ for c in "${CFG_LIST[@]}"; do
     async-pair-nolog) start_pair "$c" async --activity-log off || FAIL[$c]="$REASON" ;;
     sync-pair-nolog) start_pair "$c" sync --activity-log off || FAIL[$c]="$REASON" ;;
     async-pair-log64) start_pair "$c" async --activity-log 64 || FAIL[$c]="$REASON" ;;
+    async-pair-twin) start_pair "$c" async || FAIL[$c]="$REASON" ;;
     qsd-sync) start_qsd "$c" write-blocking || FAIL[$c]="$REASON" ;;
     qsd-async) start_qsd "$c" background || FAIL[$c]="$REASON" ;;
     esac
@@ -771,7 +773,8 @@ with open(fails_tsv) as f:
 NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pair", "sync-pair": "blockrepl sync pair",
          "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)",
          "async-pair-nolog": "blockrepl async pair, activity log off", "sync-pair-nolog": "blockrepl sync pair, activity log off",
-         "async-pair-log64": "blockrepl async pair, 64-extent activity log"}
+         "async-pair-log64": "blockrepl async pair, 64-extent activity log",
+         "async-pair-twin": "blockrepl async pair, identical twin (control)"}
 
 def num(v):
     try:
@@ -881,6 +884,8 @@ for j in ("4k-randwrite-qd1", "4k-randwrite-qd32"):
         for m in ("async", "sync"):
             if f"{m}-pair-nolog" in cfgs:
                 ratio(f"{m}-pair", f"{m}-pair-nolog", j, 0.9, f"{m} pair: activity log on / off")
+        if "async-pair-twin" in cfgs and "async-pair" in cfgs:
+            ratio("async-pair-twin", "async-pair", j, None, "identical async pairs: twin / async pair (control)")
         if "async-pair-log64" in cfgs:
             ratio("async-pair-log64", "async-pair-nolog", j, None, "async pair: 64-extent log (evicting) / log off")
 
