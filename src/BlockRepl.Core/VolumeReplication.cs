@@ -610,9 +610,9 @@ public sealed partial class Volume
         lock (_metaGate)
         {
             _metadata.Role = VolumeRole.Secondary.Name();
-            if (link is not null && !drained && !keepBitmap)
+            if (!drained && _al is null)
             {
-                _metadata.NeedsFullSync = true;
+                _metadata.NeedsFullSync = true; // nothing on disk names what the peer lacks
             }
 
             _metaFile.Save(_metadata);

@@ -211,28 +211,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            offset = 0;
-            length = 0;
-            if (!_streaming || !_resyncActive || _ahead)
-            {
-                return false;
-            }
-
-            if (!_bitmap.TakeRun(_resyncCursor, maxBytes, out offset, out length))
-            {
-                return false;
-            }
-
-            MarkTakenLocked(offset, length); // on disk until the probe settles and its records are safe
-
-            if (offset < _resyncCursor)
-            {
-                _bitmap.Mark(offset, length); // wrapped around: the probing pass is over
-                return false;
-            }
-
-            _resyncCursor = offset + length;
-            return true;
+            return TakeRunLocked(maxBytes, mayWrap: false, out offset, out length); // wrapped around: the probing pass is over
         }
     }
 

@@ -1020,22 +1020,37 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            offset = 0;
-            length = 0;
-            if (!_streaming || !_resyncActive || _ahead)
-            {
-                return false;
-            }
-
-            if (!_bitmap.TakeRun(_resyncCursor, maxBytes, out offset, out length))
-            {
-                return false;
-            }
-
-            MarkTakenLocked(offset, length);
-            _resyncCursor = offset + length;
-            return true;
+            return TakeRunLocked(maxBytes, mayWrap: true, out offset, out length);
         }
+    }
+
+    /// <summary>
+    /// Takes the next dirty run from the resync cursor (clearing its bits, kept on disk as taken). Without
+    /// <paramref name="mayWrap"/>, a run found behind the cursor goes back to the bitmap and nothing is taken.
+    /// </summary>
+    private bool TakeRunLocked(int maxBytes, bool mayWrap, out long offset, out int length)
+    {
+        offset = 0;
+        length = 0;
+        if (!_streaming || !_resyncActive || _ahead)
+        {
+            return false;
+        }
+
+        if (!_bitmap.TakeRun(_resyncCursor, maxBytes, out offset, out length))
+        {
+            return false;
+        }
+
+        MarkTakenLocked(offset, length); // on disk until its records are safe (or a probe settles)
+        if (!mayWrap && offset < _resyncCursor)
+        {
+            _bitmap.Mark(offset, length);
+            return false;
+        }
+
+        _resyncCursor = offset + length;
+        return true;
     }
 
     /// <summary>Queues the data (or a zero range when <paramref name="data"/> is empty) of a run taken by <see cref="TakeResyncRun"/>.</summary>

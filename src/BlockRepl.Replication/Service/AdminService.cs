@@ -237,8 +237,9 @@ internal sealed class AdminService(
         status.KnownMissingBytes = missingBytes;
         // A secondary's bitmap names the blocks it changed itself as primary (after a demotion the peer had not
         // acknowledged in full, a step-down or resolve --discard-my-data): the next resync overwrites them.
-        status.DirtyBytes = (ulong)(volume.ReplicationSnapshot?.DirtyBytes ?? 0);
-        if (volume.ReplicationSnapshot is { } r && volume.Role == Core.VolumeRole.Primary)
+        var snapshot = volume.ReplicationSnapshot;
+        status.DirtyBytes = (ulong)(snapshot?.DirtyBytes ?? 0);
+        if (snapshot is { } r && volume.Role == Core.VolumeRole.Primary)
         {
             status.Lag = new ReplicationLag
             {

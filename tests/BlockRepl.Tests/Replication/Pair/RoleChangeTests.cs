@@ -123,18 +123,14 @@ public sealed partial class RoleChangeTests(ITestOutputHelper output)
     public async Task Demote_TimesOutOverAFrozenLink_BitmapKept_NextPrimaryResyncsOnlyThoseRanges_ImagesIdentical(bool promoteThePeer)
     {
         Tool.Require("qemu-io");
-        FaultProxy? proxy = null;
-        await using var pair = await ReplicaPair.StartAsync("sync", "256M", ["--peer-timeout", "60s"], beforeStart: async p =>
-        {
-            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
-            p.PeerOfA = proxy.Url;
-        });
-        await using var _ = proxy!;
+        var (pair, proxy) = await LinkFaultTests.StartBehindProxyAsync("sync", "256M", ["--peer-timeout", "60s"]);
+        await using var _ = pair;
+        await using var __ = proxy;
         (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x11 0 4M"], Tool.DefaultTimeout)).EnsureSuccess();
         await ReplicaPair.WaitInSyncAsync(pair.A);
 
         // A dead link the primary has not noticed yet (peer timeout 60 s): four writes wait for the peer.
-        await proxy!.SendAsync("freeze");
+        await proxy.SendAsync("freeze");
         var writes = Tool.RunAsync("qemu-io",
             ["-f", "raw", pair.A.NbdUri, "-c", "aio_write -P 0x22 64M 64k", "-c", "aio_write -P 0x22 100M 64k",
              "-c", "aio_write -P 0x22 150M 64k", "-c", "aio_write -P 0x22 200M 64k", "-c", "aio_flush"], TimeSpan.FromSeconds(60));

@@ -286,20 +286,16 @@ public sealed class VerifyTests(ITestOutputHelper output)
     [Fact]
     public async Task VerifyRepair_PrimaryKilledBeforeTheResyncSentTheRanges_RestartResyncsThem_ImagesIdentical()
     {
-        FaultProxy? proxy = null;
-        await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
-        {
-            proxy = await FaultProxy.StartAsync(p.DirA, p.PortB);
-            p.PeerOfA = proxy.Url;
-        });
-        await using var _ = proxy!;
+        var (pair, proxy) = await LinkFaultTests.StartBehindProxyAsync("sync", "64M");
+        await using var _ = pair;
+        await using var __ = proxy;
         var a = pair.A!;
 
         // Nothing is written through the primary, so its activity log names no extent: after a crash only the
         // bitmap on disk can say what the repair still had to send.
         Corrupt(pair.ImageB, 10 * MiB + 7, 1);
         Corrupt(pair.ImageB, 50 * MiB, 2);
-        await proxy!.SendAsync("delay 400");
+        await proxy.SendAsync("delay 400");
         var repair = ReplicaPair.CliAsync(a, "verify", "--repair");
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (!a.Stderr.Contains("marked dirty; waiting for the resync", StringComparison.Ordinal))
