@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Grpc.Net.Client;
 
 namespace BlockRepl;
 
@@ -24,26 +25,32 @@ internal sealed record AdminAddress(string? UnixPath, IPEndPoint? Tcp)
     public override string ToString() => UnixPath is not null ? "unix:" + UnixPath : Tcp!.ToString();
 
     /// <summary>A gRPC channel to the daemon's admin service on this address (unix socket or TCP, h2c).</summary>
-    internal BlockRepl.Replication.Grpc.GrpcChannel CreateChannel() =>
-        BlockRepl.Replication.Grpc.GrpcChannel.ForAddress(new Uri("http://blockrepl-admin/"), new BlockRepl.Replication.Grpc.GrpcChannelOptions
+    internal GrpcChannel CreateChannel() =>
+        GrpcChannel.ForAddress(new Uri("http://blockrepl-admin/"), new GrpcChannelOptions
         {
-            ConnectTimeout = TimeSpan.FromSeconds(5),
             MaxReceiveMessageSize = 16 * 1024 * 1024,
-            ConnectCallback = async (_, ct) =>
+            HttpHandler = new SocketsHttpHandler
             {
-                var socket = UnixPath is not null
-                    ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-                    : new Socket(Tcp!.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-                try
-                {
-                    await socket.ConnectAsync(UnixPath is not null ? new UnixDomainSocketEndPoint(UnixPath) : Tcp!, ct).ConfigureAwait(false);
-                    return new NetworkStream(socket, ownsSocket: true);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
+                ConnectTimeout = TimeSpan.FromSeconds(5),
+                UseProxy = false,
+                ConnectCallback = ConnectAsync,
             },
         });
+
+    private async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
+    {
+        var socket = UnixPath is not null
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(Tcp!.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            await socket.ConnectAsync(UnixPath is not null ? new UnixDomainSocketEndPoint(UnixPath) : Tcp!, cancellationToken).ConfigureAwait(false);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
 }

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
 
@@ -15,7 +15,7 @@ internal static class AdminCommands
 
     public static async Task<int> StatusAsync(AdminAddress admin, string? volume, bool json, CancellationToken cancellationToken)
     {
-        var reply = await CallAsync<StatusRequest, StatusReply>(admin, AdminService.StatusPath, new StatusRequest { Volume = volume ?? "" }, CallTimeout, cancellationToken)
+        var reply = await CallAsync(admin, (client, options) => client.StatusAsync(new StatusRequest { Volume = volume ?? "" }, options), CallTimeout, cancellationToken)
             .ConfigureAwait(false);
         var report = StatusReport.From(reply);
         Console.Out.Write(json ? JsonSerializer.Serialize(report, StatusJsonContext.Default.StatusReport) + "\n" : Format(report));
@@ -35,7 +35,7 @@ internal static class AdminCommands
             StatusReport report;
             try
             {
-                var reply = await CallAsync<StatusRequest, StatusReply>(admin, AdminService.StatusPath, new StatusRequest { Volume = volume ?? "" }, CallTimeout, cancellationToken)
+                var reply = await CallAsync(admin, (client, options) => client.StatusAsync(new StatusRequest { Volume = volume ?? "" }, options), CallTimeout, cancellationToken)
                     .ConfigureAwait(false);
                 report = StatusReport.From(reply);
             }
@@ -110,7 +110,7 @@ internal static class AdminCommands
 
     public static async Task<int> PromoteAsync(AdminAddress admin, string? volume, bool force, CancellationToken cancellationToken)
     {
-        var reply = await CallAsync<PromoteRequest, PromoteReply>(admin, AdminService.PromotePath, new PromoteRequest { Volume = volume ?? "", Force = force }, CallTimeout, cancellationToken)
+        var reply = await CallAsync(admin, (client, options) => client.PromoteAsync(new PromoteRequest { Volume = volume ?? "", Force = force }, options), CallTimeout, cancellationToken)
             .ConfigureAwait(false);
         if (!reply.Done)
         {
@@ -126,7 +126,7 @@ internal static class AdminCommands
 
     public static async Task<int> AttachAsync(AdminAddress admin, string? volume, CancellationToken cancellationToken)
     {
-        var reply = await CallAsync<AttachRequest, AttachReply>(admin, AdminService.AttachPath, new AttachRequest { Volume = volume ?? "" }, TimeSpan.FromMinutes(30), cancellationToken)
+        var reply = await CallAsync(admin, (client, options) => client.AttachAsync(new AttachRequest { Volume = volume ?? "" }, options), TimeSpan.FromMinutes(30), cancellationToken)
             .ConfigureAwait(false);
         if (!reply.Done)
         {
@@ -145,8 +145,7 @@ internal static class AdminCommands
             throw new UserError("resolve needs --discard-my-data (run it on the split-brain victim: the node whose changes are to be discarded)");
         }
 
-        var reply = await CallAsync<ResolveRequest, ResolveReply>(admin, AdminService.ResolvePath,
-            new ResolveRequest { Volume = volume ?? "", DiscardMyData = true }, TimeSpan.FromSeconds(30), cancellationToken).ConfigureAwait(false);
+        var reply = await CallAsync(admin, (client, options) => client.ResolveAsync(new ResolveRequest { Volume = volume ?? "", DiscardMyData = true }, options), TimeSpan.FromSeconds(30), cancellationToken).ConfigureAwait(false);
         if (!reply.Done)
         {
             await Console.Error.WriteLineAsync($"blockrepl: resolve refused: {reply.Reason}").ConfigureAwait(false);
@@ -161,7 +160,7 @@ internal static class AdminCommands
     {
         var request = new DemoteRequest { Volume = volume ?? "", TimeoutMs = (uint)(timeout?.TotalMilliseconds ?? 0) };
         var deadline = (timeout ?? AdminService.DemoteDrainTimeout) + TimeSpan.FromSeconds(30);
-        var reply = await CallAsync<DemoteRequest, DemoteReply>(admin, AdminService.DemotePath, request, deadline, cancellationToken)
+        var reply = await CallAsync(admin, (client, options) => client.DemoteAsync(request, options), deadline, cancellationToken)
             .ConfigureAwait(false);
         if (!reply.Done)
         {
@@ -200,8 +199,7 @@ internal static class AdminCommands
         }
 
         // A verify reads both images whole: allow hours, not the usual seconds.
-        var reply = await CallAsync<VerifyRequest, VerifyReply>(admin, AdminService.VerifyPath,
-            new VerifyRequest { Volume = volume ?? "", ChunkBytes = chunkBytes, Repair = repair }, TimeSpan.FromHours(12), cancellationToken).ConfigureAwait(false);
+        var reply = await CallAsync(admin, (client, options) => client.VerifyAsync(new VerifyRequest { Volume = volume ?? "", ChunkBytes = chunkBytes, Repair = repair }, options), TimeSpan.FromHours(12), cancellationToken).ConfigureAwait(false);
         var report = VerifyReportJson.From(reply.Report ?? new VerifyReport { Error = reply.Reason });
         if (json)
         {
@@ -248,14 +246,13 @@ internal static class AdminCommands
         return sb.ToString();
     }
 
-    private static async Task<TResponse> CallAsync<TRequest, TResponse>(AdminAddress admin, string path, TRequest request, TimeSpan timeout, CancellationToken cancellationToken)
-        where TRequest : class, Google.Protobuf.IMessage<TRequest>
-        where TResponse : class, Google.Protobuf.IMessage<TResponse>, new()
+    private static async Task<TResponse> CallAsync<TResponse>(
+        AdminAddress admin, Func<Admin.AdminClient, CallOptions, AsyncUnaryCall<TResponse>> call, TimeSpan timeout, CancellationToken cancellationToken)
     {
         using var channel = admin.CreateChannel();
         try
         {
-            return await channel.CallUnaryAsync<TRequest, TResponse>(path, request, CallOptions.WithTimeout(timeout, cancellationToken)).ConfigureAwait(false);
+            return await call(new Admin.AdminClient(channel), new CallOptions(deadline: DateTime.UtcNow + timeout, cancellationToken: cancellationToken)).ConfigureAwait(false);
         }
         catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && FindSocketError(ex) is { } socketError)
         {

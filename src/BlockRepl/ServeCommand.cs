@@ -3,7 +3,7 @@ using System.Net.Sockets;
 using BlockRepl.Core;
 using BlockRepl.Iscsi;
 using BlockRepl.Nbd;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
 using Microsoft.AspNetCore.Builder;
@@ -43,6 +43,10 @@ internal static class ServeCommand
         Directory.CreateDirectory(options.DataDir);
 
         ILogger? connectionLog = null;
+        // The gRPC services need the volume, which opens after the host is built (it logs through the host's
+        // loggers); DI resolves them at the first call, which can only come after both are assigned below.
+        ReplicaService? replica = null;
+        AdminService? adminService = null;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o =>
@@ -53,7 +57,16 @@ internal static class ServeCommand
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = DrainTimeout + TimeSpan.FromSeconds(5));
-        builder.Services.Configure<GrpcServerOptions>(o => o.MaxReceiveMessageSize = ReplicationSettings.MaxMessageBytes);
+        builder.Services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = ReplicationSettings.MaxMessageBytes;
+            o.MaxSendMessageSize = ReplicationSettings.MaxMessageBytes;
+            o.Interceptors.Add<ListenerGuard>();
+        });
+        builder.Services.AddSingleton(_ => replica ?? throw new InvalidOperationException("the replication service is not ready"));
+        builder.Services.AddSingleton(_ => adminService ?? throw new InvalidOperationException("the admin service is not ready"));
+        builder.Services.AddGrpcReflection();
+        builder.Services.AddGrpcHealthChecks();
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = null;
@@ -85,10 +98,11 @@ internal static class ServeCommand
                     l.Protocols = HttpProtocols.Http2;
                     l.Use(next => async connection =>
                     {
+                        connection.Items[ListenerGuard.ReplicationListenerKey] = true;
                         // Kestrel drops a connection that is not HTTP/2 (garbage, a port scan, HTTP/1) on its own, at
                         // debug level; say it where an operator looks.
                         await next(connection).ConfigureAwait(false);
-                        if (!connection.Items.ContainsKey(ReplicaService.ConnectionMarker))
+                        if (!connection.Items.ContainsKey(ListenerGuard.GrpcSeenKey))
                         {
                             ReplicationLog.NotGrpc(connectionLog!, connection.RemoteEndPoint?.ToString() ?? "?");
                         }
@@ -164,21 +178,18 @@ internal static class ServeCommand
         var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout, ChecksumResync = replication.ChecksumResync };
         var replLog = loggers.CreateLogger("replication");
         var volumes = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
-        var replica = new ReplicaService(volumes, settings, replLog);
-        var adminService = new AdminService(
-            [new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)],
-            replica, replication.Listen?.Port == 0 ? null : replication.Listen?.Port, DateTimeOffset.UtcNow, replLog);
+        replica = new ReplicaService(volumes, settings, replLog);
+        adminService = new AdminService([new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)], replica, DateTimeOffset.UtcNow, replLog);
         if (replication.Listen is not null)
         {
-            app.MapGrpcDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, replica.ReplicateAsync);
+            app.MapGrpcService<ReplicaService>();
         }
 
-        app.MapGrpcUnary<StatusRequest, StatusReply>(AdminService.StatusPath, adminService.StatusAsync);
-        app.MapGrpcUnary<PromoteRequest, PromoteReply>(AdminService.PromotePath, adminService.PromoteAsync);
-        app.MapGrpcUnary<DemoteRequest, DemoteReply>(AdminService.DemotePath, adminService.DemoteAsync);
-        app.MapGrpcUnary<VerifyRequest, VerifyReply>(AdminService.VerifyPath, adminService.VerifyAsync);
-        app.MapGrpcUnary<ResolveRequest, ResolveReply>(AdminService.ResolvePath, adminService.ResolveAsync);
-        app.MapGrpcUnary<AttachRequest, AttachReply>(AdminService.AttachPath, adminService.AttachAsync);
+        // On the admin address only (ListenerGuard): the Admin service, grpc.health.v1 and server reflection, so a
+        // stock gRPC tool can discover and call the daemon.
+        app.MapGrpcService<AdminService>();
+        app.MapGrpcHealthChecksService();
+        app.MapGrpcReflectionService();
 
         try
         {

@@ -1,7 +1,6 @@
 using BlockRepl.Core;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
 using BlockRepl.Replication.V1;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
 
 namespace BlockRepl.Replication.Service;
@@ -13,25 +12,19 @@ namespace BlockRepl.Replication.Service;
 internal sealed record AdminVolume(Volume Volume, string? Peer, Func<int> CloseClients);
 
 /// <summary>
-/// The Admin service (status, promote, demote) that `blockrepl status|promote|demote` call. Served only on the
-/// admin address: a call that arrives on the replication port is refused.
+/// The Admin service (status, promote, demote, verify, resolve, attach) that the `blockrepl` verbs call. Served
+/// only on the admin address (<see cref="ListenerGuard"/> refuses it on the replication port).
 /// </summary>
 internal sealed class AdminService(
-    IReadOnlyList<AdminVolume> volumes, ReplicaService replica, int? replicationPort, DateTimeOffset startedAt, ILogger logger)
+    IReadOnlyList<AdminVolume> volumes, ReplicaService replica, DateTimeOffset startedAt, ILogger logger)
+    : Admin.AdminBase
 {
-    public const string StatusPath = "/blockrepl.v1.Admin/Status";
-    public const string PromotePath = "/blockrepl.v1.Admin/Promote";
-    public const string DemotePath = "/blockrepl.v1.Admin/Demote";
-    public const string VerifyPath = "/blockrepl.v1.Admin/Verify";
-    public const string ResolvePath = "/blockrepl.v1.Admin/Resolve";
-    public const string AttachPath = "/blockrepl.v1.Admin/Attach";
 
     /// <summary>How long a demotion waits for the peer by default (<c>demote --timeout</c> overrides it).</summary>
     public static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
-    public Task<StatusReply> StatusAsync(StatusRequest request, ServerCallContext context)
+    public override Task<StatusReply> Status(StatusRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var reply = new StatusReply
         {
             DaemonVersion = typeof(AdminService).Assembly.GetName().Version?.ToString() ?? "0",
@@ -46,9 +39,8 @@ internal sealed class AdminService(
         return Task.FromResult(reply);
     }
 
-    public Task<PromoteReply> PromoteAsync(PromoteRequest request, ServerCallContext context)
+    public override Task<PromoteReply> Promote(PromoteRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var v = Single(request.Volume);
         var volume = v.Volume;
         var wasPrimary = volume.Role == Core.VolumeRole.Primary;
@@ -81,9 +73,8 @@ internal sealed class AdminService(
         });
     }
 
-    public async Task<DemoteReply> DemoteAsync(DemoteRequest request, ServerCallContext context)
+    public override async Task<DemoteReply> Demote(DemoteRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var v = Single(request.Volume);
         var wasPrimary = v.Volume.Role == Core.VolumeRole.Primary;
         var timeout = request.TimeoutMs == 0 ? DemoteDrainTimeout : TimeSpan.FromMilliseconds(Math.Min(request.TimeoutMs, 600_000));
@@ -97,9 +88,8 @@ internal sealed class AdminService(
         return new DemoteReply { Done = result.Done, Reason = result.Reason, ClosedClients = (uint)closed, ShippedRecords = result.ShippedRecords };
     }
 
-    public async Task<VerifyReply> VerifyAsync(VerifyRequest request, ServerCallContext context)
+    public override async Task<VerifyReply> Verify(VerifyRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var v = Single(request.Volume);
         var chunk = request.ChunkBytes == 0 ? Volume.DefaultVerifyChunk : (int)Math.Min(request.ChunkBytes, int.MaxValue);
         var result = await v.Volume.VerifyAsync(chunk, request.Repair, message => ReplicationLog.Info(logger, v.Volume.Name, message), context.CancellationToken)
@@ -134,9 +124,8 @@ internal sealed class AdminService(
         return report;
     }
 
-    public async Task<AttachReply> AttachAsync(AttachRequest request, ServerCallContext context)
+    public override async Task<AttachReply> Attach(AttachRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var volume = Single(request.Volume).Volume;
         var result = await volume.AttachDiskAsync(context.CancellationToken).ConfigureAwait(false);
         ReplicationLog.Info(logger, volume.Name, result.Done
@@ -145,9 +134,8 @@ internal sealed class AdminService(
         return new AttachReply { Done = result.Done, Reason = result.Reason, PulledBytes = result.MissingBytes };
     }
 
-    public Task<ResolveReply> ResolveAsync(ResolveRequest request, ServerCallContext context)
+    public override Task<ResolveReply> Resolve(ResolveRequest request, ServerCallContext context)
     {
-        EnsureAdminEndpoint(context);
         var v = Single(request.Volume);
         if (!request.DiscardMyData)
         {
@@ -163,15 +151,6 @@ internal sealed class AdminService(
         return Task.FromResult(new ResolveReply { Done = true, Plan = result.Reason, OwnDirtyBytes = result.MissingBytes });
     }
 
-    private void EnsureAdminEndpoint(ServerCallContext context)
-    {
-        if (replicationPort is { } port
-            && context.GetHttpContext().Features.Get<IHttpConnectionFeature>()?.LocalPort == port)
-        {
-            throw new RpcException(StatusCode.PermissionDenied, "the admin service is not served on the replication port");
-        }
-    }
-
     private IEnumerable<AdminVolume> Select(string name) =>
         string.IsNullOrEmpty(name) ? volumes : [Single(name)];
 
@@ -181,11 +160,11 @@ internal sealed class AdminService(
         {
             return volumes.Count == 1
                 ? volumes[0]
-                : throw new RpcException(StatusCode.InvalidArgument, $"this daemon serves {volumes.Count} volumes: name one with --volume");
+                : throw new RpcException(new Status(StatusCode.InvalidArgument, $"this daemon serves {volumes.Count} volumes: name one with --volume"));
         }
 
         return volumes.FirstOrDefault(v => v.Volume.Name == name)
-            ?? throw new RpcException(StatusCode.NotFound, $"no volume named '{name}'");
+            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no volume named '{name}'"));
     }
 
     private static VolumeStatus Describe(AdminVolume v)

@@ -1,10 +1,11 @@
 using BlockRepl.Core;
 using BlockRepl.Core.Journal;
 using BlockRepl.Core.Replication;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.V1;
 using Google.Protobuf;
+using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
 using CoreRole = BlockRepl.Core.VolumeRole;
 using WireMode = BlockRepl.Replication.V1.ReplicationMode;
@@ -34,6 +35,7 @@ internal sealed class PeerConnector : IAsyncDisposable
     private readonly Action<string> _onStepDown;
     private readonly CancellationTokenSource _stop = new();
     private readonly GrpcChannel _channel;
+    private readonly V1.Replication.ReplicationClient _client;
     private Task? _loop;
 
     public PeerConnector(Volume volume, Uri peer, ReplicationSettings settings, ILogger log, Action<string> onStepDown)
@@ -45,11 +47,22 @@ internal sealed class PeerConnector : IAsyncDisposable
         _onStepDown = onStepDown;
         _channel = GrpcChannel.ForAddress(peer, new GrpcChannelOptions
         {
-            ConnectTimeout = settings.PeerTimeout,
             MaxReceiveMessageSize = ReplicationSettings.MaxMessageBytes,
-            KeepAlivePingDelay = settings.PeerTimeout,
-            KeepAlivePingTimeout = settings.PeerTimeout,
+            MaxSendMessageSize = ReplicationSettings.MaxMessageBytes,
+            HttpHandler = new SocketsHttpHandler
+            {
+                ConnectTimeout = settings.PeerTimeout,
+                EnableMultipleHttp2Connections = true,
+                KeepAlivePingDelay = settings.PeerTimeout,
+                KeepAlivePingTimeout = settings.PeerTimeout,
+                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.Always,
+                PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
+                UseProxy = false,
+                AllowAutoRedirect = false,
+                AutomaticDecompression = System.Net.DecompressionMethods.None,
+            },
         });
+        _client = new V1.Replication.ReplicationClient(_channel);
     }
 
     public string Peer => _peer.ToString();
@@ -138,7 +151,7 @@ internal sealed class PeerConnector : IAsyncDisposable
     {
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var token = streamCancel.Token;
-        using var call = _channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, new CallOptions(CancellationToken: token));
+        using var call = _client.Replicate(cancellationToken: token);
         var opening = _volume.DescribeForHandshake();
         var link = _volume.Link!;
         var g = opening.Generations;

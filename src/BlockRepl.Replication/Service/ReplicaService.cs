@@ -3,7 +3,7 @@ using System.Collections.Concurrent;
 using BlockRepl.Core;
 using BlockRepl.Core.Journal;
 using BlockRepl.Core.Replication;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.V1;
 using Google.Protobuf;
@@ -27,23 +27,15 @@ namespace BlockRepl.Replication.Service;
 /// old sender is gone, or it would not reconnect).
 /// </remarks>
 internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes, ReplicationSettings settings, ILogger logger)
+    : V1.Replication.ReplicationBase
 {
-    public const string ReplicatePath = "/blockrepl.v1.Replication/Replicate";
-
-    /// <summary>Set in a connection's items once a gRPC call arrived on it (see the daemon's connection logging).</summary>
-    public const string ConnectionMarker = "blockrepl.grpc";
-
     private readonly ConcurrentDictionary<string, (CancellationTokenSource Cancel, Task Done)> _active = new(StringComparer.Ordinal);
     private volatile bool _stopping;
 
-    public async Task ReplicateAsync(
+    public override async Task Replicate(
         IAsyncStreamReader<ReplicationFrame> requests, IServerStreamWriter<ReplicationAck> responses, ServerCallContext context)
     {
         var remote = context.Peer;
-        if (context.GetHttpContext().Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionItemsFeature>() is { } items)
-        {
-            items.Items[ConnectionMarker] = true;
-        }
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken);
         var token = streamCancel.Token;
 
@@ -56,13 +48,13 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         if (requests.Current.BodyCase != ReplicationFrame.BodyOneofCase.Handshake)
         {
             ReplicationLog.StreamRejected(logger, remote, $"first frame is {requests.Current.BodyCase}, not a handshake");
-            throw new RpcException(StatusCode.InvalidArgument, "the first frame of a replication stream must be a handshake");
+            throw new RpcException(new Status(StatusCode.InvalidArgument, "the first frame of a replication stream must be a handshake"));
         }
 
         var handshake = requests.Current.Handshake;
         if (_stopping)
         {
-            throw new RpcException(StatusCode.Unavailable, "the daemon is stopping");
+            throw new RpcException(new Status(StatusCode.Unavailable, "the daemon is stopping"));
         }
 
         var (reply, volume, decision) = Decide(handshake);
@@ -119,7 +111,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             {
                 ReplicationLog.StreamRejected(logger, remote, ex.Message);
                 volume.ReportError($"replication stream from {remote} rejected: {ex.Message}");
-                throw new RpcException(ex.Code, ex.Message);
+                throw new RpcException(new Status(ex.Code, ex.Message));
             }
             catch (OperationCanceledException) when (!context.CancellationToken.IsCancellationRequested)
             {
@@ -127,13 +119,13 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     : _stopping ? "this daemon is stopping" : "replaced by a newer stream";
                 ReplicationLog.StreamEnded(logger, volumeName, remote, why);
                 volume.ReportError($"replication stream from {remote} ended: {why}");
-                throw new RpcException(StatusCode.Unavailable, why);
+                throw new RpcException(new Status(StatusCode.Unavailable, why));
             }
             catch (Exception ex) when (ex is BlockImageException or IOException)
             {
                 ReplicationLog.StreamEnded(logger, volumeName, remote, $"local I/O failed: {ex.Message}");
                 volume.ReportError($"applying replicated writes failed: {ex.Message}");
-                throw new RpcException(StatusCode.Unavailable, $"the receiver's image failed: {ex.Message}");
+                throw new RpcException(new Status(StatusCode.Unavailable, $"the receiver's image failed: {ex.Message}"));
             }
             catch (Exception ex) when (ex is RpcException or OperationCanceledException)
             {
@@ -352,8 +344,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         public async Task RunAsync(IAsyncStreamReader<ReplicationFrame> requests, CancellationTokenSource streamCancel, CancellationToken token)
         {
+            // The ack loop stops waiting when this stream's receive loop ends, but its writes are cancelled only
+            // with the stream itself: Grpc.AspNetCore aborts the whole HTTP/2 stream (RST_STREAM CANCEL) when a
+            // write is cancelled, which would hide the status a protocol error ends the call with.
             using var ackCancel = CancellationTokenSource.CreateLinkedTokenSource(token);
-            var acks = Task.Run(() => AckLoopAsync(ackCancel.Token), CancellationToken.None);
+            var acks = Task.Run(() => AckLoopAsync(ackCancel.Token, token), CancellationToken.None);
             var buffer = ArrayPool<byte>.Shared.Rent(maxBatchBytes);
             try
             {
@@ -577,7 +572,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             }
         }
 
-        private async Task AckLoopAsync(CancellationToken token)
+        private async Task AckLoopAsync(CancellationToken token, CancellationToken writeToken)
         {
             ulong sentReceived = _start, sentApplied = _start, sentDurable = _start;
             var keepalive = settings.PeerTimeout / 4;
@@ -627,7 +622,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                         break;
                     }
 
-                    await responses.WriteAsync(ack, token).ConfigureAwait(false);
+                    await responses.WriteAsync(ack, writeToken).ConfigureAwait(false);
                     (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
                     lastSent = Environment.TickCount64;
                 }
@@ -642,7 +637,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                         ReceivedSeq = Math.Max(received, applied),
                         AppliedSeq = applied,
                         DurableSeq = Math.Min(durable, applied),
-                    }, token).ConfigureAwait(false);
+                    }, writeToken).ConfigureAwait(false);
                     (sentReceived, sentApplied, sentDurable) = (received, applied, durable);
                     lastSent = Environment.TickCount64;
                 }

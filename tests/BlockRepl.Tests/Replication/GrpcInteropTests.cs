@@ -1,19 +1,21 @@
 using System.Text.Json;
-using BlockRepl.Replication.Grpc;
 using BlockRepl.Tests.Integration;
 using BlockRepl.Tests.Replication.Interop;
 using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace BlockRepl.Tests.Replication;
 
 /// <summary>
-/// Interop with a standard gRPC implementation, @grpc/grpc-js under node (tests/interop): its client against
-/// our server, and our client against its server, over h2c on loopback ports chosen at run time.
+/// Interop with another gRPC implementation, @grpc/grpc-js under node (tests/interop): its client against our
+/// server stack (Grpc.AspNetCore on Kestrel, as the daemon serves), and our client stack (Grpc.Net.Client, as the
+/// daemon's peer link and CLI call) against its server, over h2c on loopback ports chosen at run time.
 /// </summary>
 public sealed class GrpcInteropTests
 {
-    private const string AddPath = "/interop.v1.Echo/Add";
-    private const string ChatPath = "/interop.v1.Echo/Chat";
     private const string InteropError = "négatif: «a» < 0 — 100% refusé ✓";
     private const int ChatCount = 200;
     private static readonly TimeSpan HangLimit = TimeSpan.FromSeconds(60);
@@ -22,19 +24,7 @@ public sealed class GrpcInteropTests
     public async Task NodeClient_AgainstOurServer_UnaryAndBidiSucceed()
     {
         await NodeInterop.EnsureInstalledAsync();
-        await using var server = await LoopbackGrpcServer.StartAsync(e =>
-        {
-            e.MapGrpcUnary<AddRequest, AddReply>(AddPath, (request, _) => request.A < 0
-                ? throw new RpcException(StatusCode.InvalidArgument, InteropError)
-                : Task.FromResult(new AddReply { Sum = request.A + request.B, Tag = request.Tag, Server = "dotnet" }));
-            e.MapGrpcDuplex<ChatMessage, ChatMessage>(ChatPath, async (requests, responses, context) =>
-            {
-                while (await requests.MoveNext(context.CancellationToken))
-                {
-                    await responses.WriteAsync(Reply(requests.Current));
-                }
-            });
-        });
+        await using var server = await LoopbackGrpcServer.StartAsync(_ => { }, e => e.MapGrpcService<EchoService>());
 
         var result = await Tool.RunAsync(
             NodeInterop.Node,
@@ -76,19 +66,18 @@ public sealed class GrpcInteropTests
         var listening = await node.WaitForLineAsync(l => l.StartsWith("LISTENING ", StringComparison.Ordinal), "node server.js");
         var port = int.Parse(listening["LISTENING ".Length..], System.Globalization.CultureInfo.InvariantCulture);
         using var channel = GrpcChannel.ForAddress(new Uri($"http://127.0.0.1:{port}"));
+        var client = new Echo.EchoClient(channel);
 
-        var sum = await channel.CallUnaryAsync<AddRequest, AddReply>(
-            AddPath, new AddRequest { A = 2, B = 40, Tag = "dotnet-client" }, CallOptions.WithTimeout(HangLimit));
+        var sum = await client.AddAsync(new AddRequest { A = 2, B = 40, Tag = "dotnet-client" }, deadline: DateTime.UtcNow + HangLimit);
         Assert.Equal(42, sum.Sum);
         Assert.Equal("dotnet-client", sum.Tag);
         Assert.Equal("node", sum.Server);
 
-        var ex = await Assert.ThrowsAsync<RpcException>(() => channel.CallUnaryAsync<AddRequest, AddReply>(
-            AddPath, new AddRequest { A = -1 }, CallOptions.WithTimeout(HangLimit)));
+        var ex = await Assert.ThrowsAsync<RpcException>(async () => await client.AddAsync(new AddRequest { A = -1 }, deadline: DateTime.UtcNow + HangLimit));
         Assert.Equal(StatusCode.InvalidArgument, ex.StatusCode);
         Assert.Equal(InteropError, ex.Status.Detail);
 
-        using var call = channel.CallDuplex<ChatMessage, ChatMessage>(ChatPath, CallOptions.WithTimeout(HangLimit));
+        using var call = client.Chat(deadline: DateTime.UtcNow + HangLimit);
         var writer = Task.Run(async () =>
         {
             for (var i = 1; i <= ChatCount; i++)
@@ -124,5 +113,21 @@ public sealed class GrpcInteropTests
         var payload = message.Payload.ToByteArray();
         Array.Reverse(payload);
         return new ChatMessage { Seq = message.Seq, Text = "ack " + message.Text, Payload = ByteString.CopyFrom(payload) };
+    }
+
+    /// <summary>The Echo service as interop.proto describes it, on the daemon's server stack.</summary>
+    private sealed class EchoService : Echo.EchoBase
+    {
+        public override Task<AddReply> Add(AddRequest request, ServerCallContext context) => request.A < 0
+            ? throw new RpcException(new Status(StatusCode.InvalidArgument, InteropError))
+            : Task.FromResult(new AddReply { Sum = request.A + request.B, Tag = request.Tag, Server = "dotnet" });
+
+        public override async Task Chat(IAsyncStreamReader<ChatMessage> requestStream, IServerStreamWriter<ChatMessage> responseStream, ServerCallContext context)
+        {
+            while (await requestStream.MoveNext(context.CancellationToken))
+            {
+                await responseStream.WriteAsync(Reply(requestStream.Current));
+            }
+        }
     }
 }

@@ -1,16 +1,17 @@
 using System.Net;
-using BlockRepl.Replication.Grpc;
+using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace BlockRepl.Tests.Replication;
 
-/// <summary>An in-process Kestrel server speaking h2c on 127.0.0.1, port chosen by the kernel, plus a channel to it.</summary>
+/// <summary>An in-process Grpc.AspNetCore server speaking h2c on 127.0.0.1, port chosen by the kernel, plus a channel to it.</summary>
 internal sealed class LoopbackGrpcServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
@@ -26,16 +27,13 @@ internal sealed class LoopbackGrpcServer : IAsyncDisposable
 
     public GrpcChannel Channel { get; }
 
-    public static async Task<LoopbackGrpcServer> StartAsync(Action<IEndpointRouteBuilder> map, Action<GrpcServerOptions>? configure = null)
+    public static async Task<LoopbackGrpcServer> StartAsync(Action<IServiceCollection> services, Action<IEndpointRouteBuilder> map)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ListenGrpc(new IPEndPoint(IPAddress.Loopback, 0)));
-        if (configure is not null)
-        {
-            builder.Services.Configure(configure);
-        }
-
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(new IPEndPoint(IPAddress.Loopback, 0), l => l.Protocols = HttpProtocols.Http2));
+        builder.Services.AddGrpc();
+        services(builder.Services);
         var app = builder.Build();
         map(app);
         await app.StartAsync();

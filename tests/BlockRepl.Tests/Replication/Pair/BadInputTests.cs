@@ -1,7 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using BlockRepl.Core.Journal;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
+using Grpc.Net.Client;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
@@ -147,7 +148,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
     private static async Task<RpcException?> SendBatchesAsync(
         GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, (ulong Seq, ulong Offset, bool CorruptCrc)[] batches)
     {
-        using var call = channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, CallOptions.WithTimeout(TimeSpan.FromSeconds(30)));
+        using var call = new BlockRepl.Replication.V1.Replication.ReplicationClient(channel).Replicate(deadline: DateTime.UtcNow.AddSeconds(30));
         var handshake = new Handshake
         {
             ProtocolVersion = 1,

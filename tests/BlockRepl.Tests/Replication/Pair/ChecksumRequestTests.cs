@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using BlockRepl.Core.Journal;
-using BlockRepl.Replication.Grpc;
+using Grpc.Core;
+using Grpc.Net.Client;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
@@ -68,7 +69,7 @@ public sealed class ChecksumRequestTests(ITestOutputHelper output)
 
     private static async Task<AsyncDuplexStreamingCall<ReplicationFrame, ReplicationAck>> OpenAsync(GrpcChannel channel, Guid uuid)
     {
-        var call = channel.CallDuplex<ReplicationFrame, ReplicationAck>(ReplicaService.ReplicatePath, CallOptions.WithTimeout(TimeSpan.FromSeconds(30)));
+        var call = new BlockRepl.Replication.V1.Replication.ReplicationClient(channel).Replicate(deadline: DateTime.UtcNow.AddSeconds(30));
         await call.RequestStream.WriteAsync(new ReplicationFrame
         {
             Handshake = new Handshake
