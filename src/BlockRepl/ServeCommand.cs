@@ -47,6 +47,7 @@ internal static class ServeCommand
         // loggers); DI resolves them at the first call, which can only come after both are assigned below.
         ReplicaService? replica = null;
         AdminService? adminService = null;
+        IReadOnlyCollection<Volume>? volumes = null;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o =>
@@ -66,7 +67,7 @@ internal static class ServeCommand
         builder.Services.AddSingleton(_ => replica ?? throw new InvalidOperationException("the replication service is not ready"));
         builder.Services.AddSingleton(_ => adminService ?? throw new InvalidOperationException("the admin service is not ready"));
         builder.Services.AddGrpcReflection();
-        builder.Services.AddGrpcHealthChecks();
+        builder.Services.AddGrpcHealthChecks().AddCheck("volumes", new VolumeHealthCheck(() => volumes ?? Array.Empty<Volume>()));
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = null;
@@ -177,8 +178,9 @@ internal static class ServeCommand
 
         var settings = new ReplicationSettings { PeerTimeout = replication.PeerTimeout, ChecksumResync = replication.ChecksumResync };
         var replLog = loggers.CreateLogger("replication");
-        var volumes = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
-        replica = new ReplicaService(volumes, settings, replLog);
+        var byName = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
+        volumes = byName.Values;
+        replica = new ReplicaService(byName, settings, replLog);
         adminService = new AdminService([new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)], replica, DateTimeOffset.UtcNow, replLog);
         if (replication.Listen is not null)
         {
