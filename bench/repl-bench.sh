@@ -12,7 +12,9 @@
 #              and, for the activity-log comparison (make bench-al), "async-pair-nolog sync-pair-nolog" (the pairs
 #              with --activity-log off) and "async-pair-log64" (a 64-extent, 256 MiB log: random writes over
 #              the 1 GiB volume keep evicting extents); "async-pair-twin" is a second, identical async pair
-#              (a control: how far two identical pairs differ within one run, by their place in the list)
+#              (a control: how far two identical pairs differ within one run, by their place in the list);
+#              "standalone-b sync-pair-b async-pair-b" run the same configurations with the daemon in BLOCKREPL_B
+#              (an A/B of two builds in one run, e.g. before and after a change)
 #   OUT_NAME   base name of the report in bench/results (default repl-bench-latest)
 #   RUNTIME    seconds per fio run, time_based (default 4); RAMP: ramp_time seconds (default 1)
 #   REPEATS    runs per (configuration, job) cell; the table shows the median (default 3)
@@ -24,6 +26,7 @@
 #              Debian 12: shared libraries, executables, compressed and plain docs, source text)
 #   WIRE_MIB   size of the data set in MiB, split evenly over WIRE_ROOTS (default 400)
 #   BLOCKREPL  daemon binary (default src/BlockRepl/bin/Release/net10.0/blockrepl; BLOCKREPL_BIN also works)
+#   BLOCKREPL_B  the second daemon binary for the *-b configurations (a copy of another build's output directory)
 #   BENCH_TMPDIR  where the 1 GiB images go (default ${TMPDIR:-/tmp}; should be a real disk, not tmpfs)
 #   CONNECT_TIMEOUT  seconds to wait for a pair to show connection "connected" (default 120)
 #   READY_TIMEOUT    seconds to wait for a qsd mirror job to become ready (default 300)
@@ -50,7 +53,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 DEFAULT_CONFIGS="standalone async-pair sync-pair qsd-sync qsd-async"
-ALL_CONFIGS="$DEFAULT_CONFIGS async-pair-nolog sync-pair-nolog async-pair-log64 async-pair-twin"
+ALL_CONFIGS="$DEFAULT_CONFIGS async-pair-nolog sync-pair-nolog async-pair-log64 async-pair-twin standalone-b sync-pair-b async-pair-b"
 CONFIGS="${CONFIGS:-$DEFAULT_CONFIGS}"
 RUNTIME="${RUNTIME:-4}"
 RAMP="${RAMP:-1}"
@@ -61,6 +64,7 @@ WIRE="${WIRE:-1}"
 WIRE_ROOTS="${WIRE_ROOTS:-}"
 WIRE_MIB="${WIRE_MIB:-400}"
 BLOCKREPL="${BLOCKREPL:-${BLOCKREPL_BIN:-src/BlockRepl/bin/Release/net10.0/blockrepl}}"
+BLOCKREPL_B="${BLOCKREPL_B:-}"
 BENCH_TMPDIR="${BENCH_TMPDIR:-${TMPDIR:-/tmp}}"
 CONNECT_TIMEOUT="${CONNECT_TIMEOUT:-120}"
 READY_TIMEOUT="${READY_TIMEOUT:-300}"
@@ -123,6 +127,9 @@ if [[ "$WIRE" == 1 ]]; then
     done
 fi
 [[ "$BLOCKREPL" == /* ]] || BLOCKREPL="$REPO/$BLOCKREPL"
+if [[ " ${CFG_LIST[*]} " == *-b" "* ]]; then
+    [[ -n "$BLOCKREPL_B" && -x "$BLOCKREPL_B" ]] || die "the *-b configurations need BLOCKREPL_B, an executable daemon binary (got '$BLOCKREPL_B')"
+fi
 if ((uses_blockrepl)); then
     [[ -x "$BLOCKREPL" ]] || die "$BLOCKREPL not found or not executable: run 'make build' first (or set BLOCKREPL)"
 fi
@@ -315,7 +322,7 @@ echo
 
 # ---------------------------------------------------------------- images
 # Daemon sides per configuration: standalone 1, pairs and qsd 2 (primary/source "p", secondary/target "s").
-sides_of() { case "$1" in standalone) echo p ;; *) echo "p s" ;; esac; }
+sides_of() { case "$1" in standalone | standalone-b) echo p ;; *) echo "p s" ;; esac; }
 nimg=0
 for c in "${CFG_LIST[@]}"; do for side in $(sides_of "$c"); do nimg=$((nimg + 1)); done; done
 need_mib=$(((nimg + 2) * IMAGE_SIZE_MIB))
@@ -413,10 +420,11 @@ reason_from_log() {
 # Start one blockrepl daemon; wait for its 'blockrepl: ready ' line. Sets REASON on failure.
 REASON=""
 LAST_URI=""
-start_blockrepl() { # label dir args...
-    local label=$1 dir=$2 pid i line
+start_blockrepl() { # label dir args...   (the binary: BLOCKREPL_B for a *-b configuration's label, else BLOCKREPL)
+    local label=$1 dir=$2 pid i line bin=$BLOCKREPL
     shift 2
-    DOTNET_gcServer=0 "$BLOCKREPL" serve --data-dir "$dir" --volume "$VOL" --size 1G \
+    [[ "${label%%/*}" == *-b ]] && bin=$BLOCKREPL_B
+    DOTNET_gcServer=0 "$bin" serve --data-dir "$dir" --volume "$VOL" --size 1G \
         --nbd "unix:$dir/nbd.sock" --admin "unix:$dir/admin.sock" "$@" </dev/null >"$dir/daemon.log" 2>&1 &
     pid=$!
     PROCS+=("$label $pid")
@@ -458,8 +466,8 @@ alive() { # config: every process of the configuration is running
     ((found))
 }
 
-start_standalone() {
-    local c=standalone
+start_standalone() { # config
+    local c=$1
     start_blockrepl "$c/p" "$WORK/$c/p" || return 1
     URIS[$c]=$LAST_URI
     ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
@@ -542,9 +550,9 @@ start_qsd() { # config copy-mode
 for c in "${CFG_LIST[@]}"; do
     REASON=""
     case "$c" in
-    standalone) start_standalone || FAIL[$c]="$REASON" ;;
-    async-pair) start_pair "$c" async || FAIL[$c]="$REASON" ;;
-    sync-pair) start_pair "$c" sync || FAIL[$c]="$REASON" ;;
+    standalone | standalone-b) start_standalone "$c" || FAIL[$c]="$REASON" ;;
+    async-pair | async-pair-b) start_pair "$c" async || FAIL[$c]="$REASON" ;;
+    sync-pair | sync-pair-b) start_pair "$c" sync || FAIL[$c]="$REASON" ;;
     async-pair-nolog) start_pair "$c" async --activity-log off || FAIL[$c]="$REASON" ;;
     sync-pair-nolog) start_pair "$c" sync --activity-log off || FAIL[$c]="$REASON" ;;
     async-pair-log64) start_pair "$c" async --activity-log 64 || FAIL[$c]="$REASON" ;;
@@ -571,7 +579,7 @@ lag_and_drain() { # config
     local c=$1 st t0 deadline out ahead=""
     LAG_B="" LAG_UA="" LAG_UD="" AHEAD="" DRAIN_S=""
     case "$c" in
-    standalone) return 0 ;;
+    standalone | standalone-b) return 0 ;;
     qsd-*)
         LAG_B=$(qmp "${QMPSOCK[$c]}" lag m0 2>/dev/null) || LAG_B=""
         if out=$(qmp "${QMPSOCK[$c]}" drain m0 "$DRAIN_TIMEOUT" 2>/dev/null); then DRAIN_S=$out; else DRAIN_S=timeout; fi
@@ -774,7 +782,8 @@ NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pa
          "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)",
          "async-pair-nolog": "blockrepl async pair, activity log off", "sync-pair-nolog": "blockrepl sync pair, activity log off",
          "async-pair-log64": "blockrepl async pair, 64-extent activity log",
-         "async-pair-twin": "blockrepl async pair, identical twin (control)"}
+         "async-pair-twin": "blockrepl async pair, identical twin (control)",
+         "standalone-b": "BLOCKREPL_B standalone", "sync-pair-b": "BLOCKREPL_B sync pair", "async-pair-b": "BLOCKREPL_B async pair"}
 
 def num(v):
     try:
@@ -799,7 +808,7 @@ def f_bytes(v):
     return f"{v / 1048576:,.1f} MiB"
 
 def lag_cell(c, j):
-    if c == "standalone":
+    if c in ("standalone", "standalone-b"):
         return "-"
     lb, lbmax = med(c, j, "lag_bytes"), mx(c, j, "lag_bytes")
     ua, ud = med(c, j, "lag_unapplied"), med(c, j, "lag_undurable")
@@ -816,7 +825,7 @@ def lag_cell(c, j):
     return "; ".join(parts)
 
 def drain_cell(c, j):
-    if c == "standalone":
+    if c in ("standalone", "standalone-b"):
         return "-"
     vals = [r["drain_s"] for r in runs.get((c, j), [])]
     if not vals:
@@ -886,6 +895,9 @@ for j in ("4k-randwrite-qd1", "4k-randwrite-qd32"):
                 ratio(f"{m}-pair", f"{m}-pair-nolog", j, 0.9, f"{m} pair: activity log on / off")
         if "async-pair-twin" in cfgs and "async-pair" in cfgs:
             ratio("async-pair-twin", "async-pair", j, None, "identical async pairs: twin / async pair (control)")
+        for base in ("standalone", "sync-pair", "async-pair"):
+            if f"{base}-b" in cfgs:
+                ratio(base, f"{base}-b", j, None, f"{NAMES[base]} / {NAMES[base + '-b']}")
         if "async-pair-log64" in cfgs:
             ratio("async-pair-log64", "async-pair-nolog", j, None, "async pair: 64-extent log (evicting) / log off")
 
