@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
+using BlockRepl.Core.Hosting;
 using Microsoft.Extensions.Logging;
 using static BlockRepl.Iscsi.IscsiProtocol;
 
@@ -22,7 +23,7 @@ namespace BlockRepl.Iscsi;
 /// outstanding (the CmdSN window shrinks as commands wait), and buffered Data-Out is capped by
 /// <see cref="MaxBufferedWriteBytes"/>.
 /// </remarks>
-internal sealed class IscsiConnection : IDisposable
+internal sealed class IscsiConnection : IHostedConnection
 {
     public const int CommandWindow = 64;
     public const long MaxBufferedWriteBytes = 32L * 1024 * 1024;

@@ -1,5 +1,6 @@
 using System.Buffers;
 using BlockRepl.Core;
+using BlockRepl.Core.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace BlockRepl.Nbd;
@@ -16,7 +17,7 @@ namespace BlockRepl.Nbd;
 /// behind it. At most <see cref="MaxInFlight"/> such requests are outstanding; the reader waits beyond
 /// that. Memory per connection: the receive and send buffers, plus one payload of at most 32 MiB.
 /// </remarks>
-internal sealed class NbdConnection : IDisposable
+internal sealed class NbdConnection : IHostedConnection
 {
     public const int ReceiveBufferSize = 256 * 1024 + 4096;
     public const int SendBufferSize = 256 * 1024 + 4096;

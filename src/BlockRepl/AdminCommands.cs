@@ -2,9 +2,9 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using Grpc.Core;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
+using Grpc.Core;
 
 namespace BlockRepl;
 

@@ -1,6 +1,6 @@
 using BlockRepl.Core;
-using Grpc.Core;
 using BlockRepl.Replication.V1;
+using Grpc.Core;
 using Microsoft.Extensions.Logging;
 
 namespace BlockRepl.Replication.Service;

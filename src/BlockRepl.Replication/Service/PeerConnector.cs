@@ -1,10 +1,10 @@
 using BlockRepl.Core;
 using BlockRepl.Core.Journal;
 using BlockRepl.Core.Replication;
-using Grpc.Core;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.V1;
 using Google.Protobuf;
+using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
 using CoreRole = BlockRepl.Core.VolumeRole;

@@ -1,12 +1,12 @@
 using System.Security.Cryptography;
 using BlockRepl.Core.Journal;
-using Grpc.Core;
-using Grpc.Net.Client;
 using BlockRepl.Replication.Lz4;
 using BlockRepl.Replication.Service;
 using BlockRepl.Replication.V1;
 using BlockRepl.Tests.Integration;
 using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
 using Xunit;
 using Xunit.Abstractions;
 
