@@ -8,7 +8,7 @@ set -euo pipefail
 # qemu-storage-daemon (used by the replication benchmark) without pulling in a full qemu.
 # libiscsi-bin (iscsi-test-cu, iscsi-ls, iscsi-inq, iscsi-perf) and qemu-block-extra (qemu's iscsi:// driver)
 # test the iSCSI front end.
-PACKAGES=(qemu-utils libnbd-bin python3-libnbd fio liblz4-1 nbdkit jq procps qemu-system-common libiscsi-bin qemu-block-extra)
+PACKAGES=(qemu-utils libnbd-bin python3-libnbd fio nbdkit jq procps qemu-system-common libiscsi-bin qemu-block-extra)
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 

@@ -1,31 +1,31 @@
-using System.Runtime.InteropServices;
+using K4os.Compression.LZ4;
 
 namespace BlockRepl.Replication.Lz4;
 
 /// <summary>
-/// LZ4 block compression (the block format, not the frame format) through the reference C library,
-/// <c>liblz4.so.1</c> from the Debian package liblz4-1. Batches of journal records are compressed as one
-/// block; the receiver knows the uncompressed length from the batch header and decompresses into a buffer
-/// of exactly that size. Span-based and allocation-free.
+/// LZ4 block compression (the block format, not the frame format) with K4os.Compression.LZ4, a managed port
+/// of the reference C library: no native runtime dependency. Batches of journal records are compressed as
+/// one block; the receiver knows the uncompressed length from the batch header and decompresses into a
+/// buffer of exactly that size. Span-based and allocation-free (the compressor's hash table lives on the
+/// stack). The blocks are the reference library's format, so a peer still on the earlier liblz4 binding
+/// reads them and vice versa (Lz4CodecTests decodes a block that liblz4 1.9.4 made).
 /// </summary>
-internal static partial class Lz4Codec
+internal static class Lz4Codec
 {
     /// <summary>LZ4_MAX_INPUT_SIZE of lz4.h: the largest input one block may hold.</summary>
     public const int MaxInputSize = 0x7E000000;
 
-    private const string LibraryName = "liblz4.so.1";
-
-    private static readonly Lazy<string?> LoadError = new(ProbeLibrary);
-
-    /// <summary>True when liblz4.so.1 can be loaded.</summary>
-    public static bool IsAvailable => LoadError.Value is null;
+    /// <summary>
+    /// The block of an empty input: one token, no literals, no match. liblz4 writes and reads it; K4os
+    /// answers 0 bytes when encoding empty input and -1 when decoding to 0 bytes, so it is handled here.
+    /// </summary>
+    private const byte EmptyBlock = 0x00;
 
     /// <summary>The largest compressed size of <paramref name="inputLength"/> bytes (LZ4_compressBound).</summary>
     public static int MaxCompressedLength(int inputLength)
     {
         CheckInputLength(inputLength);
-        EnsureAvailable();
-        return LZ4_compressBound(inputLength);
+        return LZ4Codec.MaximumOutputSize(inputLength);
     }
 
     /// <summary>
@@ -45,23 +45,33 @@ internal static partial class Lz4Codec
         return written;
     }
 
-    /// <summary>Compresses; false when <paramref name="destination"/> is too small.</summary>
-    public static unsafe bool TryCompress(ReadOnlySpan<byte> source, Span<byte> destination, out int written)
+    /// <summary>Compresses (LZ4Level.L00_FAST, as LZ4_compress_default); false when <paramref name="destination"/> is too small.</summary>
+    public static bool TryCompress(ReadOnlySpan<byte> source, Span<byte> destination, out int written)
     {
         CheckInputLength(source.Length);
-        EnsureAvailable();
-        fixed (byte* src = source)
-        fixed (byte* dst = destination)
+        if (source.IsEmpty)
         {
-            written = LZ4_compress_default(src, dst, source.Length, destination.Length);
+            if (destination.IsEmpty)
+            {
+                written = 0;
+                return false;
+            }
+
+            destination[0] = EmptyBlock;
+            written = 1;
+            return true;
         }
 
-        return written > 0;
+        // Negative when the destination is too small; the encoder checks every write against its length.
+        var result = LZ4Codec.Encode(source, destination, LZ4Level.L00_FAST);
+        written = Math.Max(result, 0);
+        return result > 0;
     }
 
     /// <summary>
     /// Decompresses one block into <paramref name="destination"/>; returns the decompressed length.
-    /// liblz4's safe decoder never reads or writes outside the two spans, whatever the input.
+    /// The decoder is the port of LZ4_decompress_safe: it never reads or writes outside the two spans,
+    /// whatever the input.
     /// </summary>
     /// <exception cref="InvalidDataException">The input is not a valid block, or does not fit in the destination.</exception>
     public static int Decompress(ReadOnlySpan<byte> source, Span<byte> destination)
@@ -75,32 +85,29 @@ internal static partial class Lz4Codec
         return written;
     }
 
-    /// <summary>Decompresses; false for a corrupt block or one that does not fit.</summary>
-    public static unsafe bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination, out int written)
+    /// <summary>Decompresses; false for a corrupt block (an empty one included) or one that does not fit.</summary>
+    public static bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination, out int written)
     {
-        EnsureAvailable();
+        written = 0;
         if (source.IsEmpty)
         {
-            written = 0;
             return false;
         }
 
-        fixed (byte* src = source)
-        fixed (byte* dst = destination)
+        if (source.Length == 1 && source[0] == EmptyBlock)
         {
-            var result = LZ4_decompress_safe(src, dst, source.Length, destination.Length);
-            written = Math.Max(result, 0);
-            return result >= 0;
+            return true;
         }
-    }
 
-    /// <summary>Throws a one-line error naming the Debian package when liblz4.so.1 cannot be loaded.</summary>
-    public static void EnsureAvailable()
-    {
-        if (LoadError.Value is { } error)
+        // K4os returns the decoded length, or -1 for a malformed block or one larger than the destination.
+        var result = LZ4Codec.Decode(source, destination);
+        if (result <= 0)
         {
-            throw new DllNotFoundException(error);
+            return false;
         }
+
+        written = result;
+        return true;
     }
 
     private static void CheckInputLength(int length)
@@ -110,24 +117,4 @@ internal static partial class Lz4Codec
             throw new ArgumentOutOfRangeException(nameof(length), length, $"LZ4 blocks hold at most {MaxInputSize} bytes");
         }
     }
-
-    private static string? ProbeLibrary()
-    {
-        if (NativeLibrary.TryLoad(LibraryName, typeof(Lz4Codec).Assembly, null, out var handle))
-        {
-            NativeLibrary.Free(handle);
-            return null;
-        }
-
-        return $"{LibraryName} not found: install the Debian package liblz4-1 (`apt-get install liblz4-1`)";
-    }
-
-    [LibraryImport(LibraryName)]
-    private static unsafe partial int LZ4_compress_default(byte* src, byte* dst, int srcSize, int dstCapacity);
-
-    [LibraryImport(LibraryName)]
-    private static unsafe partial int LZ4_decompress_safe(byte* src, byte* dst, int compressedSize, int dstCapacity);
-
-    [LibraryImport(LibraryName)]
-    private static partial int LZ4_compressBound(int inputSize);
 }

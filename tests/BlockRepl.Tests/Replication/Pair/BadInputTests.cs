@@ -15,7 +15,7 @@ namespace BlockRepl.Tests.Replication.Pair;
 
 /// <summary>
 /// What a receiver does with input it must not apply: another volume, another size, garbage bytes, a batch with
-/// a bad CRC, a sequence gap. Each is refused or disconnected with a log line, and the image stays untouched.
+/// a bad CRC, a truncated LZ4 block, a sequence gap. Each is refused or disconnected with a log line, and the image stays untouched.
 /// </summary>
 [Collection(DaemonCollection.Name)]
 public sealed class BadInputTests(ITestOutputHelper output)
@@ -103,7 +103,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task BadCrcEarlySeqAndGap_StreamEnded_BadBatchNotApplied()
+    public async Task BadCrcTruncatedLz4EarlySeqAndGap_StreamEnded_BadBatchNotApplied()
     {
         using var dir = new TempDirectory();
         var port = ReplicaPair.FreePort();
@@ -121,6 +121,14 @@ public sealed class BadInputTests(ITestOutputHelper output)
         Assert.Equal(StatusCode.DataLoss, crc.StatusCode);
         Assert.Contains("CRC", crc.Status.Detail, StringComparison.OrdinalIgnoreCase);
         await WaitForLogAsync(node, "nothing of it was applied");
+        Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
+
+        // A batch whose LZ4 block is cut in half (a short or mangled message): DATA_LOSS, nothing applied.
+        var lz4 = await SendBatchesAsync(channel, uuid, handshakeFirstSeq: 1, [(1, 8192, false)], truncateLz4: true);
+        output.WriteLine($"truncated LZ4: {lz4?.StatusCode}: {lz4?.Status.Detail}");
+        Assert.NotNull(lz4);
+        Assert.Equal(StatusCode.DataLoss, lz4.StatusCode);
+        Assert.Contains("LZ4 block does not decompress", lz4.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
 
         // A first batch that starts before the seq the handshake announced: FAILED_PRECONDITION, nothing applied.
@@ -144,9 +152,10 @@ public sealed class BadInputTests(ITestOutputHelper output)
     /// <summary>
     /// Opens a Replicate stream as a primary would, sends one-record batches (4 KiB of 0x42 at an offset, FUA),
     /// and returns the error that ended the stream, or null when the last batch was acknowledged durable.
+    /// <paramref name="truncateLz4"/> sends only the first half of each batch's LZ4 block.
     /// </summary>
     private static async Task<RpcException?> SendBatchesAsync(
-        GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, (ulong Seq, ulong Offset, bool CorruptCrc)[] batches)
+        GrpcChannel channel, Guid uuid, ulong handshakeFirstSeq, (ulong Seq, ulong Offset, bool CorruptCrc)[] batches, bool truncateLz4 = false)
     {
         using var call = new BlockRepl.Replication.V1.Replication.ReplicationClient(channel).Replicate(deadline: DateTime.UtcNow.AddSeconds(30));
         var handshake = new Handshake
@@ -175,6 +184,11 @@ public sealed class BadInputTests(ITestOutputHelper output)
             Assert.True(writer.TryAppend(JournalRecordHeader.ForWrite(seq, offset, payload.Length, fua: true), payload));
             var compressed = new byte[Lz4Codec.MaxCompressedLength(writer.UncompressedLength)];
             var length = Lz4Codec.Compress(writer.Packed, compressed);
+            if (truncateLz4)
+            {
+                length /= 2;
+            }
+
             try
             {
                 await call.RequestStream.WriteAsync(new ReplicationFrame
