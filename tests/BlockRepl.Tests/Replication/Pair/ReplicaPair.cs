@@ -156,6 +156,10 @@ internal sealed class ReplicaPair : IAsyncDisposable
 
     public static string? Str(JsonElement v, string name) => v.GetProperty(name).GetString();
 
+    /// <summary>status --json connectionEntries: how many times the volume's connection entered each state.</summary>
+    public static Dictionary<string, long> ConnectionEntries(JsonElement v) =>
+        v.GetProperty("connectionEntries").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt64(), StringComparer.Ordinal);
+
     public static Task<ToolResult> CliAsync(DaemonProcess daemon, params string[] verb) =>
         Tool.RunAsync(RepoLayout.DaemonBinary, [.. verb, "--admin", daemon.AdminAddress], Tool.DefaultTimeout);
 
