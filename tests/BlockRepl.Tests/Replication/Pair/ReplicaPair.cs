@@ -45,6 +45,9 @@ internal sealed class ReplicaPair : IAsyncDisposable
 
     public DaemonProcess? B { get; private set; }
 
+    /// <summary>tmpfs mounts made by <see cref="MountTmpfsAsync"/>: unmounted after the daemons stop, before the directories go.</summary>
+    private readonly List<string> _mounts = [];
+
     public string ImageA => Path.Combine(DaemonProcess.DataDirOf(DirA), "vol.img");
 
     public string ImageB => Path.Combine(DaemonProcess.DataDirOf(DirB), "vol.img");
@@ -179,6 +182,20 @@ internal sealed class ReplicaPair : IAsyncDisposable
         return (await TestData.Sha256OfFileAsync(ImageA), await TestData.Sha256OfFileAsync(ImageB));
     }
 
+    /// <summary>
+    /// Mounts a tmpfs of <paramref name="size"/> on node <paramref name="node"/>'s data dir (root, as make test runs);
+    /// call it before that node starts. The pair unmounts it when disposed, so its directory can be removed.
+    /// </summary>
+    public async Task<string> MountTmpfsAsync(char node, string size)
+    {
+        var mountPoint = DaemonProcess.DataDirOf(node == 'a' ? DirA : DirB);
+        Directory.CreateDirectory(mountPoint);
+        var mount = await Tool.RunAsync("mount", "-t", "tmpfs", "-o", $"size={size}", "tmpfs", mountPoint);
+        Assert.True(mount.ExitCode == 0, $"this test mounts a tmpfs and needs root: {mount}");
+        _mounts.Add(mountPoint);
+        return mountPoint;
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (A is not null)
@@ -189,6 +206,11 @@ internal sealed class ReplicaPair : IAsyncDisposable
         if (B is not null)
         {
             await B.DisposeAsync();
+        }
+
+        foreach (var mountPoint in _mounts)
+        {
+            await Tool.RunAsync("umount", "-l", mountPoint);
         }
 
         DirA.Dispose();
