@@ -15,7 +15,6 @@ namespace BlockRepl.Tests.Replication.Pair;
 /// The receiving side of ChecksumRequest, driven by a test client speaking the Replicate stream: the feature bit,
 /// hashes taken after every earlier record is applied, and requests outside the bounds ending the stream.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class ChecksumRequestTests(ITestOutputHelper output)
 {
     [Fact]

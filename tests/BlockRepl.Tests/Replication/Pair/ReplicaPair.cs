@@ -81,12 +81,28 @@ internal sealed class ReplicaPair : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A port the kernel just called free. Tests run in parallel, so a port handed out once is never handed out
+    /// again in this test run (another test may not have bound it yet).
+    /// </summary>
     public static int FreePort()
     {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)listener.LocalEndPoint!).Port;
+        while (true)
+        {
+            using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+            lock (HandedOut)
+            {
+                if (HandedOut.Add(port))
+                {
+                    return port;
+                }
+            }
+        }
     }
+
+    private static readonly HashSet<int> HandedOut = [];
 
     /// <summary>(Re)starts a node; <paramref name="role"/> only matters when its metadata is created.</summary>
     public async Task<DaemonProcess> StartNodeAsync(char node, string role = "secondary", IReadOnlyList<string>? extra = null)
