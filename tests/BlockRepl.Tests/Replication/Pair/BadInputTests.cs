@@ -105,8 +105,9 @@ public sealed class BadInputTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         var port = ReplicaPair.FreePort();
+        // The test client sends no keepalives: 60 s, so a stall of the busy test process is not a dead peer.
         await using var node = await DaemonProcess.StartAsync(dir, Size, nbd: "unix:" + dir.PathOf("nbd.sock"),
-            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}", "--peer-timeout", "60s"]);
         var image = Path.Combine(DaemonProcess.DataDirOf(dir), "vol.img");
         var zeroes = await TestData.Sha256OfFileAsync(image);
         using var channel = GrpcChannel.ForAddress(new Uri($"http://127.0.0.1:{port}"));
