@@ -50,6 +50,7 @@ public sealed partial class Volume : IDisposable
         _role = StateNames.ParseRole(metadata.Role);
         _disk = StateNames.ParseDisk(metadata.Disk);
         _loggedAtOpen = metaFile.ReadActivityLog();
+        ConnectionHistory = new ConnectionHistory(metadata.Name, ConnectionState.Standalone);
 
         if (!metadata.CleanShutdown && metadata.ActivityLogKept)
         {
@@ -137,6 +138,9 @@ public sealed partial class Volume : IDisposable
             return _receiverConnection;
         }
     }
+
+    /// <summary>Every change of <see cref="Connection"/>: a log line each, and how often each state was entered.</summary>
+    public ConnectionHistory ConnectionHistory { get; }
 
     /// <summary>The sending side of replication, when a peer is configured.</summary>
     internal PeerLink? Link => _link;

@@ -24,6 +24,14 @@ public sealed partial class Volume
     {
         _resync = resync ?? ResyncSettings.Default;
         var link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
+        // The sending side's state is the volume's connection state while primary (and not in split brain).
+        link.StateChanged = state =>
+        {
+            if (_role == VolumeRole.Primary && !_splitBrain)
+            {
+                ConnectionHistory.Enter(state);
+            }
+        };
         var al = _activityLogExtents > 0 ? new ActivityLog(Size, _activityLogExtents, _metaFile, _loggedAtOpen) : null;
         link.AttachStore(_metaFile, al);
         var persisted = link.Snapshot().DirtyBytes;
@@ -58,7 +66,7 @@ public sealed partial class Volume
 
         _link = link;
         _al = al;
-        _receiverConnection = ConnectionState.Connecting;
+        SetReceiverConnection(ConnectionState.Connecting);
     }
 
     /// <summary>The activity log's capacity in extents (0: off).</summary>
@@ -196,7 +204,11 @@ public sealed partial class Volume
         }
     }
 
-    internal void SetSplitBrain(bool value) => _splitBrain = value;
+    internal void SetSplitBrain(bool value)
+    {
+        _splitBrain = value;
+        ConnectionHistory.Enter(Connection);
+    }
 
     /// <summary>
     /// Runs a resync: every dirty range goes into the stream as a record, read under the ordering lock so no
@@ -398,7 +410,11 @@ public sealed partial class Volume
         }
     }
 
-    internal void SetReceiverConnection(ConnectionState state) => _receiverConnection = state;
+    internal void SetReceiverConnection(ConnectionState state)
+    {
+        _receiverConnection = state;
+        ConnectionHistory.Enter(Connection);
+    }
 
     /// <summary>A fresh node takes the identity of the volume it is about to receive.</summary>
     internal void AdoptVolumeUuid(Guid uuid)
@@ -485,7 +501,7 @@ public sealed partial class Volume
             _metaFile.Save(_metadata);
         }
 
-        _receiverConnection = ConnectionState.SyncTarget;
+        SetReceiverConnection(ConnectionState.SyncTarget);
     }
 
     /// <summary>The resync ended: flush, adopt the source's generation, up to date again.</summary>
@@ -516,7 +532,7 @@ public sealed partial class Volume
         }
 
         RecoveryNote = null;
-        _receiverConnection = ConnectionState.Connected;
+        SetReceiverConnection(ConnectionState.Connected);
     }
 
     // ---- roles ----------------------------------------------------------------------------------------
@@ -571,6 +587,8 @@ public sealed partial class Volume
             _peerGeneration = 0;
             _role = VolumeRole.Primary;
         }
+
+        ConnectionHistory.Enter(Connection);
 
         return new RoleChangeResult(true, "", missingRecords, missingBytes, generation);
     }
@@ -640,7 +658,7 @@ public sealed partial class Volume
             reason = "the peer had not received every write: this node needs a full resync before it is in sync again";
         }
 
-        _receiverConnection = link is null ? ConnectionState.Standalone : ConnectionState.Connecting;
+        SetReceiverConnection(link is null ? ConnectionState.Standalone : ConnectionState.Connecting);
         return new RoleChangeResult(true, reason, ShippedRecords: shipped);
     }
 
@@ -710,7 +728,7 @@ public sealed partial class Volume
         PersistOwnChanges();
         _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is discarding its data"));
         _splitBrain = false;
-        _receiverConnection = ConnectionState.Connecting;
+        SetReceiverConnection(ConnectionState.Connecting);
         var own = _link?.Snapshot().DirtyBytes ?? 0;
         bool full;
         lock (_metaGate)
@@ -746,6 +764,6 @@ public sealed partial class Volume
         PersistOwnChanges();
 
         _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} stepped down to secondary"));
-        _receiverConnection = ConnectionState.Connecting;
+        SetReceiverConnection(ConnectionState.Connecting);
     }
 }

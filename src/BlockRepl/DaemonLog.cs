@@ -21,4 +21,8 @@ internal static partial class DaemonLog
 
     [LoggerMessage(105, LogLevel.Warning, "{Message}")]
     public static partial void Warning(ILogger logger, string message);
+
+    /// <summary>One connection state change of a volume (<c>volume NAME: connection OLD -&gt; NEW</c>).</summary>
+    [LoggerMessage(106, LogLevel.Information, "{Transition}")]
+    public static partial void StateChange(ILogger logger, string transition);
 }

@@ -129,6 +129,7 @@ internal static class ServeCommand
         }
 
         using var volumeScope = volume;
+        volume.ConnectionHistory.Log = transition => DaemonLog.StateChange(log, transition);
         if (replication.Peer is not null || replication.Listen is not null)
         {
             volume.AttachPeer(replication.Mode, replication.OnPeerLoss, replication.SendQueueBytes, replication.Resync);

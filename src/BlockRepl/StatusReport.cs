@@ -41,7 +41,8 @@ internal sealed record VolumeReport(
     ActivityLogReport? ActivityLog,
     bool DiscardMyData,
     VerifyReportJson? LastVerify,
-    long LocalMissingBytes)
+    long LocalMissingBytes,
+    IReadOnlyDictionary<string, long> ConnectionEntries)
 {
     public static VolumeReport From(VolumeStatus v) => new(
         v.Name,
@@ -71,7 +72,8 @@ internal sealed record VolumeReport(
         v.ActivityLog is { } al ? new ActivityLogReport((int)al.HotExtents, (int)al.Capacity, (long)al.Transactions, (long)al.Evictions) : null,
         v.DiscardMyData,
         v.LastVerify is { } verify ? VerifyReportJson.From(verify) : null,
-        (long)v.LocalMissingBytes);
+        (long)v.LocalMissingBytes,
+        v.ConnectionEntries.ToDictionary(e => e.Key, e => (long)e.Value, StringComparer.Ordinal));
 
     private static string Hex(ulong g) => g.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -138,6 +138,7 @@ internal sealed partial class PeerLink
     private long _disconnects;
     private ulong _lastResyncSeq;
     private string _resyncReason = "";
+    private ConnectionState _state = ConnectionState.Connecting; // as last reported to StateChanged
     private (long Bytes, double Seconds, string Reason, bool Full) _lastResync;
     private MetaFile? _meta;
     private ActivityLog? _al;
@@ -406,6 +407,25 @@ internal sealed partial class PeerLink
         }
     }
 
+    /// <summary>
+    /// Called with the sending side's connection state (connecting, connected, syncsource or ahead) each time it
+    /// changes, under the link's lock, so the calls come in the order of the changes (<see cref="ConnectionHistory"/>).
+    /// </summary>
+    public Action<ConnectionState>? StateChanged { get; set; }
+
+    private void NoteStateLocked()
+    {
+        var state = !_streaming || !_accepted ? ConnectionState.Connecting
+            : _ahead ? ConnectionState.Ahead
+            : _resyncActive ? ConnectionState.SyncSource
+            : ConnectionState.Connected;
+        if (state != _state)
+        {
+            _state = state;
+            StateChanged?.Invoke(state);
+        }
+    }
+
     public bool ResyncActive
     {
         get
@@ -481,6 +501,7 @@ internal sealed partial class PeerLink
                 _ahead = true;
                 _aheadCount++;
                 _announceAhead = true;
+                NoteStateLocked();
                 WakeShipperLocked();
                 _holesMaySkip = false; // a trim dropped here must reach the target as a zero range
                 _bitmap.Mark(offset, length);
@@ -620,6 +641,7 @@ internal sealed partial class PeerLink
             _ahead = false;
             _received = _applied = _durable = _lastSent = _nextSeq - 1;
             ReleaseAllLocked(_streamWaiters);
+            NoteStateLocked();
             return _nextSeq;
         }
     }
@@ -645,6 +667,7 @@ internal sealed partial class PeerLink
             if (_bitmap.IsEmpty && !peerInconsistent)
             {
                 ReleaseAllLocked(_blocked);
+                NoteStateLocked();
                 return false;
             }
 
@@ -732,6 +755,7 @@ internal sealed partial class PeerLink
             }
 
             _resyncActive = false;
+            NoteStateLocked();
             ReleaseAllLocked(_spaceWaiters);
             ReleaseSpaceLocked(); // the stream is gone: resync waiters go on and find it closed
             WakeShipperLocked();
@@ -819,6 +843,7 @@ internal sealed partial class PeerLink
             if (!marker.Begin)
             {
                 _resyncActive = false;
+                NoteStateLocked();
                 _releaseBlockedAt = _nextSeq - 1;
                 ReleaseBlockedIfDurableLocked();
             }
@@ -890,6 +915,8 @@ internal sealed partial class PeerLink
             _resyncReason = "async link drained after running ahead: the dropped writes";
             BeginResyncLocked(full: false);
         }
+
+        NoteStateLocked();
     }
 
     /// <summary>A resync took these chunks out of the bitmap: they stay set on disk until its records are safe.</summary>
@@ -1003,6 +1030,7 @@ internal sealed partial class PeerLink
     private void BeginResyncLocked(bool full)
     {
         _resyncActive = true;
+        NoteStateLocked();
         _resyncFull = full;
         _resyncTotal = _bitmap.DirtyBytes;
         _resyncDone = 0;

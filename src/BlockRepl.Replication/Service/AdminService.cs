@@ -201,6 +201,11 @@ internal sealed class AdminService(
         status.HistoryGenerations.AddRange(g.History);
         status.DiscardMyData = volume.DiscardMyData;
         status.LocalMissingBytes = (ulong)volume.LocalMissingBytes;
+        foreach (var (state, count) in volume.ConnectionHistory.Entries())
+        {
+            status.ConnectionEntries[state] = (ulong)count;
+        }
+
         foreach (var c in volume.Clients)
         {
             status.Clients.Add(new ClientInfo { FrontEnd = c.FrontEnd, Remote = c.Remote, SinceUnixMs = c.Since.ToUnixTimeMilliseconds() });

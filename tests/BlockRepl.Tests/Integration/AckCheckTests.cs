@@ -11,7 +11,6 @@ namespace BlockRepl.Tests.Integration;
 /// proves the standalone daemon's FLUSH/FUA durability across kill -9 cycles, and that it does fail when a block
 /// is corrupted or rolled back behind the daemon's back.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class AckCheckTests(ITestOutputHelper output)
 {
     private const int BlockSize = 4096;

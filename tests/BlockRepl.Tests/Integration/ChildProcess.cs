@@ -10,7 +10,8 @@ namespace BlockRepl.Tests.Integration;
 /// stderr are collected as they arrive. Disposing always kills it, so a failing test never leaks a process.
 /// </summary>
 /// <remarks>
-/// Invariant: every member of <see cref="_stdoutLines"/>, <see cref="_stderr"/> and <see cref="_waiters"/> is
+/// Invariant: every member of <see cref="_stdoutLines"/>, <see cref="_stderr"/>, <see cref="_waiters"/> and
+/// <see cref="_stderrWaiters"/> is
 /// touched only under <see cref="_gate"/>; the Process events run on thread-pool threads.
 /// </remarks>
 internal sealed partial class ChildProcess : IAsyncDisposable
@@ -27,6 +28,7 @@ internal sealed partial class ChildProcess : IAsyncDisposable
     private readonly List<string> _stdoutLines = [];
     private readonly StringBuilder _stderr = new();
     private readonly List<(Func<string, bool> Match, TaskCompletionSource<string> Found)> _waiters = [];
+    private readonly List<(Func<string, bool> Match, TaskCompletionSource<string> Found)> _stderrWaiters = [];
     private readonly TaskCompletionSource _stdoutClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _stderrClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -137,6 +139,36 @@ internal sealed partial class ChildProcess : IAsyncDisposable
         return null;
     }
 
+    /// <summary>
+    /// Waits for a stderr line (the daemon's log) matching <paramref name="match"/>, as it is written; fails the test
+    /// if the process exits first or nothing matches within <see cref="HangLimit"/>.
+    /// </summary>
+    public async Task<string> WaitForStderrLineAsync(Func<string, bool> match, string what)
+    {
+        var found = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_gate)
+        {
+            var existing = _stderr.ToString().Split('\n').FirstOrDefault(l => match(l));
+            if (existing is not null)
+            {
+                return existing;
+            }
+
+            _stderrWaiters.Add((match, found));
+        }
+
+        var finished = await Task.WhenAny(found.Task, _stderrClosed.Task, Task.Delay(HangLimit));
+        if (found.Task.IsCompleted)
+        {
+            return await found.Task;
+        }
+
+        Assert.Fail(finished == _stderrClosed.Task
+            ? $"{what}: `{CommandLine}` exited first.\n{Describe()}"
+            : $"{what}: no such log line within {HangLimit.TotalSeconds} s from `{CommandLine}`.\n{Describe()}");
+        return null!;
+    }
+
     /// <summary>Waits for the process to exit and its output to drain; fails the test if it does not.</summary>
     public async Task<int> WaitForExitAsync()
     {
@@ -237,9 +269,23 @@ internal sealed partial class ChildProcess : IAsyncDisposable
             return;
         }
 
+        List<TaskCompletionSource<string>> matched = [];
         lock (_gate)
         {
             _stderr.AppendLine(line);
+            for (var i = _stderrWaiters.Count - 1; i >= 0; i--)
+            {
+                if (_stderrWaiters[i].Match(line))
+                {
+                    matched.Add(_stderrWaiters[i].Found);
+                    _stderrWaiters.RemoveAt(i);
+                }
+            }
+        }
+
+        foreach (var found in matched)
+        {
+            found.TrySetResult(line);
         }
     }
 

@@ -3,7 +3,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>Start, restart, crash and shutdown of `blockrepl serve`, checked through the image file on disk.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class DaemonLifecycleTests
 {
     [Fact]

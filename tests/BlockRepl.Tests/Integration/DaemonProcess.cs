@@ -152,6 +152,10 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Waits (event-driven) for a log line of the daemon containing <paramref name="text"/>.</summary>
+    public Task<string> WaitForLogAsync(string text) =>
+        _child.WaitForStderrLineAsync(l => l.Contains(text, StringComparison.Ordinal), $"a log line containing '{text}'");
+
     /// <summary>SIGKILL: no chance to flush anything that is not already in the kernel.</summary>
     public async Task Kill9Async()
     {

@@ -4,7 +4,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>fio's nbd engine (libnbd): queue depth 16, every block checksummed on write and verified after.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class FioTests
 {
     [Fact]

@@ -7,7 +7,6 @@ namespace BlockRepl.Tests.Integration;
 /// daemon keeps serving, what did fit reads back, and status counts the errors. Uses a 4 MiB tmpfs that
 /// the test mounts (root, as make test runs) under a 64 MiB sparse image.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class FullDiskTests
 {
     [Fact]

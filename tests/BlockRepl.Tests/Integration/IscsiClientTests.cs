@@ -10,7 +10,6 @@ namespace BlockRepl.Tests.Integration;
 /// The daemon's iSCSI front end driven by the initiators a user has: libiscsi's conformance suite
 /// (iscsi-test-cu), its small tools, and qemu's iscsi:// block driver, against NBD on the same volume.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed partial class IscsiClientTests(ITestOutputHelper output)
 {
     private const string Iqn = "iqn.2026-11.io.blockrepl:vol";

@@ -6,7 +6,6 @@ namespace BlockRepl.Tests.Integration;
 /// CAN_MULTI_CONN promises that a FLUSH on one connection makes every write already answered on any
 /// connection visible (and durable) to all of them. Checked with libnbd's Python binding.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class MultiConnTests
 {
     private const string Script =

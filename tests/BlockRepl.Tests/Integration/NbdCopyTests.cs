@@ -3,7 +3,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>nbdcopy (libnbd): 4 connections (with CAN_MULTI_CONN), 64 requests in flight, 256 KiB requests.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class NbdCopyTests
 {
     [Fact]

@@ -4,7 +4,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>nbdinfo (libnbd): what the server advertises in the handshake, and base:allocation extents.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class NbdInfoTests
 {
     private const int KiB = 1024;

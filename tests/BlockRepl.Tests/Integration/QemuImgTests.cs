@@ -4,7 +4,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>qemu-img: what a user runs to inspect an export and to copy disk images in and out of it.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class QemuImgTests
 {
     [Fact]

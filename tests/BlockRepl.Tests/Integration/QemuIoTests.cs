@@ -3,7 +3,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>qemu-io, qemu's block-layer client, against the export over TCP and over a unix socket.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class QemuIoTests
 {
     private const int ModelLength = 2 * TestData.MiB;

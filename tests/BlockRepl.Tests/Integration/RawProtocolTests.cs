@@ -11,7 +11,6 @@ namespace BlockRepl.Tests.Integration;
 /// Each test closes its connection before stopping the daemon: shutdown with clients attached is
 /// <see cref="DaemonLifecycleTests"/>' subject, not these tests'.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class RawProtocolTests
 {
     [Fact]

@@ -7,7 +7,6 @@ namespace BlockRepl.Tests.Integration;
 /// The server's own error checking, with libnbd's client-side checks switched off (set_strict_mode(0)) so
 /// that bad requests reach the wire. The errno is what the server sent (nbd.Error.errnum).
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class ServerErrorTests
 {
     private const int EINVAL = 22;

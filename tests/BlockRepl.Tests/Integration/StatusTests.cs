@@ -4,7 +4,6 @@ using Xunit;
 namespace BlockRepl.Tests.Integration;
 
 /// <summary>`blockrepl status` over the admin socket.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class StatusTests
 {
     private static readonly string[] CounterNames = ["reads", "writes", "flushes", "trims", "zeroes", "bytesRead", "bytesWritten"];

@@ -8,7 +8,6 @@ namespace BlockRepl.Tests.Integration;
 /// image keeps its blocks. (Block status cannot show that on ext4: zero-range leaves unwritten extents, which
 /// SEEK_DATA reports as a hole; qemu-nbd reports the same.) FAST_ZERO on ext4 must succeed.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class WriteZeroesTests
 {
     private const string Script =

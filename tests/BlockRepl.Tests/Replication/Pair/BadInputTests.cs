@@ -17,7 +17,6 @@ namespace BlockRepl.Tests.Replication.Pair;
 /// What a receiver does with input it must not apply: another volume, another size, garbage bytes, a batch with
 /// a bad CRC, a truncated LZ4 block, a sequence gap. Each is refused or disconnected with a log line, and the image stays untouched.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class BadInputTests(ITestOutputHelper output)
 {
     private const string Size = "32M";
@@ -41,7 +40,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
             "the size refusal in the primary's status");
         output.WriteLine(a.GetProperty("lastError").GetString());
         Assert.Equal("connecting", ReplicaPair.Str(a, "connection"));
-        await WaitForLogAsync(small, "size mismatch: sender has 33554432 bytes, this node 16777216");
+        await small.WaitForLogAsync("size mismatch: sender has 33554432 bytes, this node 16777216");
         await big.StopAsync();
         await small.StopAsync();
         Assert.Equal(before, await TestData.Sha256OfFileAsync(image));
@@ -66,7 +65,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
         var s = await ReplicaPair.WaitForAsync(stranger, v => (v.GetProperty("lastError").GetString() ?? "").Contains("different volumes", StringComparison.Ordinal),
             "the uuid refusal in the stranger's status");
         output.WriteLine(s.GetProperty("lastError").GetString());
-        await WaitForLogAsync(pair.B!, "is not this node's");
+        await pair.B!.WaitForLogAsync("is not this node's");
         await stranger.StopAsync();
         await pair.B!.StopAsync();
         Assert.Equal(before, await TestData.Sha256OfFileAsync(pair.ImageB));
@@ -95,7 +94,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
             }
         }
 
-        await WaitForLogAsync(node, "closed without a gRPC request");
+        await node.WaitForLogAsync("closed without a gRPC request");
         var v = await ReplicaPair.VolumeAsync(node); // still answering
         Assert.Equal("secondary", ReplicaPair.Str(v, "role"));
         await node.StopAsync();
@@ -107,8 +106,9 @@ public sealed class BadInputTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         var port = ReplicaPair.FreePort();
+        // The test client sends no keepalives: 60 s, so a stall of the busy test process is not a dead peer.
         await using var node = await DaemonProcess.StartAsync(dir, Size, nbd: "unix:" + dir.PathOf("nbd.sock"),
-            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}", "--peer-timeout", "60s"]);
         var image = Path.Combine(DaemonProcess.DataDirOf(dir), "vol.img");
         var zeroes = await TestData.Sha256OfFileAsync(image);
         using var channel = GrpcChannel.ForAddress(new Uri($"http://127.0.0.1:{port}"));
@@ -120,7 +120,7 @@ public sealed class BadInputTests(ITestOutputHelper output)
         Assert.NotNull(crc);
         Assert.Equal(StatusCode.DataLoss, crc.StatusCode);
         Assert.Contains("CRC", crc.Status.Detail, StringComparison.OrdinalIgnoreCase);
-        await WaitForLogAsync(node, "nothing of it was applied");
+        await node.WaitForLogAsync("nothing of it was applied");
         Assert.Equal(zeroes, await TestData.Sha256OfFileAsync(image));
 
         // A batch whose LZ4 block is cut in half (a short or mangled message): DATA_LOSS, nothing applied.
@@ -225,16 +225,6 @@ public sealed class BadInputTests(ITestOutputHelper output)
         catch (RpcException ex)
         {
             return ex;
-        }
-    }
-
-    private static async Task WaitForLogAsync(DaemonProcess daemon, string text)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (!daemon.Stderr.Contains(text, StringComparison.Ordinal))
-        {
-            Assert.True(DateTime.UtcNow < deadline, $"no log line containing '{text}':\n{daemon.Stderr}");
-            await Task.Delay(100);
         }
     }
 }

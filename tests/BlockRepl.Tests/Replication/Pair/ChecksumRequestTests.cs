@@ -16,7 +16,6 @@ namespace BlockRepl.Tests.Replication.Pair;
 /// The receiving side of ChecksumRequest, driven by a test client speaking the Replicate stream: the feature bit,
 /// hashes taken after every earlier record is applied, and requests outside the bounds ending the stream.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class ChecksumRequestTests(ITestOutputHelper output)
 {
     [Fact]
@@ -24,8 +23,10 @@ public sealed class ChecksumRequestTests(ITestOutputHelper output)
     {
         using var dir = new TempDirectory();
         var port = ReplicaPair.FreePort();
+        // This client sends no keepalives: a peer timeout of 60 s, so a test process stalled for 2 s on a busy machine
+        // is not taken for a dead peer (which ends the stream under the test).
         await using var node = await DaemonProcess.StartAsync(dir, "32M", nbd: "unix:" + dir.PathOf("nbd.sock"),
-            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}"]);
+            extra: ["--role", "secondary", "--listen", $"127.0.0.1:{port}", "--peer-timeout", "60s"]);
         using var channel = GrpcChannel.ForAddress(new Uri($"http://127.0.0.1:{port}"));
         var uuid = Guid.NewGuid();
 

@@ -177,10 +177,11 @@ public sealed class CrashRecoveryTests(ITestOutputHelper output)
                     f.SetLength(256L * TestData.MiB);
                 }
             });
-        await ReplicaPair.WaitForAsync(pair.A!, v => v.GetProperty("resync").ValueKind == JsonValueKind.Object, "the full sync running");
+        // The watch starts before the sync does, so no poll has to catch the sync running: its own lines say when.
         await using var watch = ChildProcess.Start(RepoLayout.DaemonBinary, ["status", "--watch", "--admin", pair.A!.AdminAddress]);
-        await watch.WaitForLineAsync(l => l.Contains("full sync", StringComparison.Ordinal) && l.Contains("ETA", StringComparison.Ordinal), "a progress line");
-        await Task.Delay(2500);
+        static bool Progress(string l) => l.Contains("full sync", StringComparison.Ordinal) && l.Contains("ETA", StringComparison.Ordinal);
+        var first = await watch.WaitForLineAsync(Progress, "a progress line");
+        await watch.WaitForLineAsync(l => Progress(l) && l != first, "a second, later progress line");
         watch.Signal(ChildProcess.SIGINT);
         Assert.Equal(0, await watch.WaitForExitAsync());
         var lines = watch.StdoutLines.Where(l => l.Contains("full sync", StringComparison.Ordinal)).ToList();

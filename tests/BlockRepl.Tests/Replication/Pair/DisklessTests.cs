@@ -103,40 +103,27 @@ public sealed class DisklessTests(ITestOutputHelper output)
     {
         Tool.Require("qemu-io");
         string? mountPoint = null;
-        try
+        await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
         {
-            await using var pair = await ReplicaPair.StartAsync("sync", "64M", beforeStart: async p =>
-            {
-                // The primary's data dir is a 6 MiB tmpfs under a 64 MiB sparse image; the secondary has room.
-                mountPoint = DaemonProcess.DataDirOf(p.DirA);
-                Directory.CreateDirectory(mountPoint);
-                var mount = await Tool.RunAsync("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", mountPoint);
-                Assert.True(mount.ExitCode == 0, $"this test mounts a tmpfs and needs root: {mount}");
-            });
-            (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x5a 0 2M"], Tool.DefaultTimeout)).EnsureSuccess();
-            // 8 MiB do not fit in what is left of the tmpfs: ENOSPC locally, the peer has the data, the client sees success.
-            (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x6b 16M 8M", "-c", "read -P 0x6b 16M 8M"], Tool.DefaultTimeout)).EnsureSuccess();
-            var a = await ReplicaPair.VolumeAsync(pair.A);
-            Assert.Equal("diskless", ReplicaPair.Str(a, "disk"));
-            Assert.Contains("No space left", a.GetProperty("lastError").GetString() ?? "", StringComparison.Ordinal);
+            // The primary's data dir is a 6 MiB tmpfs under a 64 MiB sparse image; the secondary has room.
+            mountPoint = await p.MountTmpfsAsync('a', "6m");
+        });
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x5a 0 2M"], Tool.DefaultTimeout)).EnsureSuccess();
+        // 8 MiB do not fit in what is left of the tmpfs: ENOSPC locally, the peer has the data, the client sees success.
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x6b 16M 8M", "-c", "read -P 0x6b 16M 8M"], Tool.DefaultTimeout)).EnsureSuccess();
+        var a = await ReplicaPair.VolumeAsync(pair.A);
+        Assert.Equal("diskless", ReplicaPair.Str(a, "disk"));
+        Assert.Contains("No space left", a.GetProperty("lastError").GetString() ?? "", StringComparison.Ordinal);
 
-            // Still full: attach refused. Room made: attach pulls the missing ranges and the images agree.
-            Assert.Equal(1, (await ReplicaPair.CliAsync(pair.A, "attach")).ExitCode);
-            var remount = await Tool.RunAsync("mount", "-o", "remount,size=128m", mountPoint!);
-            Assert.True(remount.ExitCode == 0, $"remount: {remount}");
-            var attach = await ReplicaPair.CliAsync(pair.A, "attach");
-            Assert.True(attach.ExitCode == 0, $"attach after making room: {attach}\n{pair.A.Stderr}");
-            Assert.Equal("uptodate", ReplicaPair.Str(await ReplicaPair.WaitInSyncAsync(pair.A), "disk"));
-            var (hashA, hashB) = await pair.StopAndHashAsync();
-            Assert.True(hashA == hashB, $"after attach the images differ: {hashA} vs {hashB}");
-        }
-        finally
-        {
-            if (mountPoint is not null)
-            {
-                await Tool.RunAsync("umount", "-l", mountPoint);
-            }
-        }
+        // Still full: attach refused. Room made: attach pulls the missing ranges and the images agree.
+        Assert.Equal(1, (await ReplicaPair.CliAsync(pair.A, "attach")).ExitCode);
+        var remount = await Tool.RunAsync("mount", "-o", "remount,size=128m", mountPoint!);
+        Assert.True(remount.ExitCode == 0, $"remount: {remount}");
+        var attach = await ReplicaPair.CliAsync(pair.A, "attach");
+        Assert.True(attach.ExitCode == 0, $"attach after making room: {attach}\n{pair.A.Stderr}");
+        Assert.Equal("uptodate", ReplicaPair.Str(await ReplicaPair.WaitInSyncAsync(pair.A), "disk"));
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"after attach the images differ: {hashA} vs {hashB}");
     }
 
     [Fact]

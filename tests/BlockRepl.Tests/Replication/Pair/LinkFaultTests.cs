@@ -6,7 +6,6 @@ using Xunit.Abstractions;
 namespace BlockRepl.Tests.Replication.Pair;
 
 /// <summary>Async lag and ahead, a silent dead link, a slow resync interrupted by a failover, the block policy.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class LinkFaultTests(ITestOutputHelper output)
 {
     /// <summary>A pair whose primary reaches its secondary through tools/faultproxy.py.</summary>
@@ -43,19 +42,6 @@ public sealed class LinkFaultTests(ITestOutputHelper output)
         await using var __ = proxy;
         await proxy.SendAsync("delay 300");
 
-        // Watch both sides' connection states while fio writes over the slow link and the link drains.
-        var seenA = new HashSet<string>();
-        var seenB = new HashSet<string>();
-        using var watchStop = new CancellationTokenSource();
-        var watch = Task.Run(async () =>
-        {
-            while (!watchStop.IsCancellationRequested)
-            {
-                seenA.Add(ReplicaPair.Str(await ReplicaPair.VolumeAsync(pair.A!), "connection")!);
-                seenB.Add(ReplicaPair.Str(await ReplicaPair.VolumeAsync(pair.B!), "connection")!);
-            }
-        });
-
         // Async: fio's writes are acknowledged at local speed; the 2 MiB bound (queued + in flight) overflows
         // again and again on a 300 ms link, so the primary runs ahead for most of the run.
         (await Tool.RunAsync("fio",
@@ -65,18 +51,27 @@ public sealed class LinkFaultTests(ITestOutputHelper output)
         ], Tool.DefaultTimeout)).EnsureSuccess();
         var lagging = await ReplicaPair.VolumeAsync(pair.A);
         output.WriteLine($"right after fio: {lagging}");
-        var r = lagging.GetProperty("replication");
-        Assert.True(r.GetProperty("aheadCount").GetInt64() >= 1, $"the send queue bound was never hit: {lagging}");
+        var aheadCount = lagging.GetProperty("replication").GetProperty("aheadCount").GetInt64();
+        Assert.True(aheadCount >= 1, $"the send queue bound was never hit: {lagging}");
 
         await proxy.SendAsync("delay 0");
         var synced = await ReplicaPair.WaitInSyncAsync(pair.A);
-        await watchStop.CancelAsync();
-        await watch;
-        output.WriteLine($"converged: {synced}\nA saw: {string.Join(' ', seenA)}\nB saw: {string.Join(' ', seenB)}");
-        Assert.Contains("ahead", seenA);
-        Assert.Contains("behind", seenB);
+        var b = await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.Str(v, "connection") == "connected", "the secondary connected again");
+        output.WriteLine($"converged: {synced}\nB: {b}");
+
+        // Ahead and behind may each last a few milliseconds: the daemons record every state they entered
+        // (status connectionEntries and one log line per change), so no poll has to land inside them.
+        var entriesA = ReplicaPair.ConnectionEntries(synced);
+        var entriesB = ReplicaPair.ConnectionEntries(b);
+        var overflows = synced.GetProperty("replication").GetProperty("aheadCount").GetInt64();
+        Assert.True(entriesA.GetValueOrDefault("ahead") == overflows,
+            $"A entered ahead {entriesA.GetValueOrDefault("ahead")} times, but its send queue overflowed {overflows} times: {synced}");
+        Assert.True(entriesA.GetValueOrDefault("syncsource") >= 1, $"A never resynced the dropped writes: {synced}");
+        Assert.True(entriesB.GetValueOrDefault("behind") >= 1, $"B never went behind: {b}");
+        Assert.True(entriesB.GetValueOrDefault("synctarget") >= 1, $"B was never a resync target: {b}");
+        Assert.Contains(pair.A.Stderr.Split('\n'), l => l.Contains("volume vol: connection connected -> ahead", StringComparison.Ordinal));
+        Assert.Contains(pair.B!.Stderr.Split('\n'), l => l.Contains("volume vol: connection connected -> behind", StringComparison.Ordinal));
         Assert.Contains("ahead", synced.GetProperty("lastResync").GetProperty("reason").GetString(), StringComparison.Ordinal);
-        var b = await ReplicaPair.VolumeAsync(pair.B!);
         Assert.Equal(("uptodate", "connected"), (ReplicaPair.Str(b, "disk"), ReplicaPair.Str(b, "connection")));
         var (hashA, hashB) = await pair.StopAndHashAsync();
         Assert.True(hashA == hashB, $"the async secondary did not converge: {hashA} vs {hashB}");
@@ -121,7 +116,9 @@ public sealed class LinkFaultTests(ITestOutputHelper output)
 
         await proxy.SendAsync("delay 300"); // the resync of 48 MiB now takes many seconds
         await pair.StartNodeAsync('b');
-        await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.Str(v, "disk") == "inconsistent", "the secondary becoming a resync target");
+        // Recorded, not sampled: B entered synctarget (the promote below proves its disk is still inconsistent).
+        await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.ConnectionEntries(v).GetValueOrDefault("synctarget") >= 1,
+            "the secondary becoming a resync target");
         await pair.A.Kill9Async();
         await ReplicaPair.WaitForAsync(pair.B!, v => ReplicaPair.Str(v, "connection") == "connecting", "the secondary noticing the primary is gone");
 

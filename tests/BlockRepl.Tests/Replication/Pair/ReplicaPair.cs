@@ -45,6 +45,9 @@ internal sealed class ReplicaPair : IAsyncDisposable
 
     public DaemonProcess? B { get; private set; }
 
+    /// <summary>tmpfs mounts made by <see cref="MountTmpfsAsync"/>: unmounted after the daemons stop, before the directories go.</summary>
+    private readonly List<string> _mounts = [];
+
     public string ImageA => Path.Combine(DaemonProcess.DataDirOf(DirA), "vol.img");
 
     public string ImageB => Path.Combine(DaemonProcess.DataDirOf(DirB), "vol.img");
@@ -78,12 +81,28 @@ internal sealed class ReplicaPair : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A port the kernel just called free. Tests run in parallel, so a port handed out once is never handed out
+    /// again in this test run (another test may not have bound it yet).
+    /// </summary>
     public static int FreePort()
     {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)listener.LocalEndPoint!).Port;
+        while (true)
+        {
+            using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+            lock (HandedOut)
+            {
+                if (HandedOut.Add(port))
+                {
+                    return port;
+                }
+            }
+        }
     }
+
+    private static readonly HashSet<int> HandedOut = [];
 
     /// <summary>(Re)starts a node; <paramref name="role"/> only matters when its metadata is created.</summary>
     public async Task<DaemonProcess> StartNodeAsync(char node, string role = "secondary", IReadOnlyList<string>? extra = null)
@@ -156,6 +175,10 @@ internal sealed class ReplicaPair : IAsyncDisposable
 
     public static string? Str(JsonElement v, string name) => v.GetProperty(name).GetString();
 
+    /// <summary>status --json connectionEntries: how many times the volume's connection entered each state.</summary>
+    public static Dictionary<string, long> ConnectionEntries(JsonElement v) =>
+        v.GetProperty("connectionEntries").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt64(), StringComparer.Ordinal);
+
     public static Task<ToolResult> CliAsync(DaemonProcess daemon, params string[] verb) =>
         Tool.RunAsync(RepoLayout.DaemonBinary, [.. verb, "--admin", daemon.AdminAddress], Tool.DefaultTimeout);
 
@@ -175,6 +198,20 @@ internal sealed class ReplicaPair : IAsyncDisposable
         return (await TestData.Sha256OfFileAsync(ImageA), await TestData.Sha256OfFileAsync(ImageB));
     }
 
+    /// <summary>
+    /// Mounts a tmpfs of <paramref name="size"/> on node <paramref name="node"/>'s data dir (root, as make test runs);
+    /// call it before that node starts. The pair unmounts it when disposed, so its directory can be removed.
+    /// </summary>
+    public async Task<string> MountTmpfsAsync(char node, string size)
+    {
+        var mountPoint = DaemonProcess.DataDirOf(node == 'a' ? DirA : DirB);
+        Directory.CreateDirectory(mountPoint);
+        var mount = await Tool.RunAsync("mount", "-t", "tmpfs", "-o", $"size={size}", "tmpfs", mountPoint);
+        Assert.True(mount.ExitCode == 0, $"this test mounts a tmpfs and needs root: {mount}");
+        _mounts.Add(mountPoint);
+        return mountPoint;
+    }
+
     public async ValueTask DisposeAsync()
     {
         if (A is not null)
@@ -185,6 +222,11 @@ internal sealed class ReplicaPair : IAsyncDisposable
         if (B is not null)
         {
             await B.DisposeAsync();
+        }
+
+        foreach (var mountPoint in _mounts)
+        {
+            await Tool.RunAsync("umount", "-l", mountPoint);
         }
 
         DirA.Dispose();

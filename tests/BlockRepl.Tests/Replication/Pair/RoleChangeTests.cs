@@ -6,7 +6,6 @@ using Xunit.Abstractions;
 namespace BlockRepl.Tests.Replication.Pair;
 
 /// <summary>Role changes with writes in flight, and the split brain row of the generations table.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed partial class RoleChangeTests(ITestOutputHelper output)
 {
     [Fact]

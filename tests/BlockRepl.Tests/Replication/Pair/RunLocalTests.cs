@@ -5,7 +5,6 @@ using Xunit;
 namespace BlockRepl.Tests.Replication.Pair;
 
 /// <summary>`make run` (tools/run-local.sh): a working pair, a client can write through it, Ctrl-C stops both.</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class RunLocalTests
 {
     [Fact]

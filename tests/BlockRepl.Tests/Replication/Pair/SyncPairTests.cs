@@ -6,7 +6,6 @@ using Xunit.Abstractions;
 namespace BlockRepl.Tests.Replication.Pair;
 
 /// <summary>A sync pair driven by real clients; the images are compared byte for byte (sha256).</summary>
-[Collection(DaemonCollection.Name)]
 public sealed class SyncPairTests(ITestOutputHelper output)
 {
     [Fact]
@@ -248,34 +247,18 @@ public sealed class SyncPairTests(ITestOutputHelper output)
     public async Task PrimaryFilesystemFull_OnIoErrorPass_ClientGetsEnospc_ImagesConvergeAnyway()
     {
         Tool.Require("qemu-io");
-        string? mountPoint = null;
-        try
-        {
-            await using var pair = await ReplicaPair.StartAsync("sync", "64M", extra: ["--on-io-error", "pass"], beforeStart: async p =>
-            {
-                // The primary's data dir is a 6 MiB tmpfs under a 64 MiB sparse image; the secondary has room.
-                mountPoint = DaemonProcess.DataDirOf(p.DirA);
-                Directory.CreateDirectory(mountPoint);
-                var mount = await Tool.RunAsync("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", mountPoint);
-                Assert.True(mount.ExitCode == 0, $"this test mounts a tmpfs and needs root: {mount}");
-            });
-            (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x5a 0 2M"], Tool.DefaultTimeout)).EnsureSuccess();
-            var full = await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x6b 16M 8M"], Tool.DefaultTimeout);
-            Assert.Contains("No space left on device", full.Stdout + full.Stderr, StringComparison.Ordinal);
+        // The primary's data dir is a 6 MiB tmpfs under a 64 MiB sparse image; the secondary has room.
+        await using var pair = await ReplicaPair.StartAsync("sync", "64M", extra: ["--on-io-error", "pass"],
+            beforeStart: p => p.MountTmpfsAsync('a', "6m"));
+        (await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A!.NbdUri, "-c", "write -P 0x5a 0 2M"], Tool.DefaultTimeout)).EnsureSuccess();
+        var full = await Tool.RunAsync("qemu-io", ["-f", "raw", pair.A.NbdUri, "-c", "write -P 0x6b 16M 8M"], Tool.DefaultTimeout);
+        Assert.Contains("No space left on device", full.Stdout + full.Stderr, StringComparison.Ordinal);
 
-            // The record went to the peer before the local write failed; the range is dirty and the resync sends
-            // the primary's own content, so the secondary does not keep data the primary never stored.
-            var synced = await ReplicaPair.WaitInSyncAsync(pair.A);
-            Assert.True(synced.GetProperty("counters").GetProperty("errors").GetInt64() >= 1, $"no error counted: {synced}");
-            var (hashA, hashB) = await pair.StopAndHashAsync();
-            Assert.True(hashA == hashB, $"after ENOSPC on the primary the images differ: {hashA} vs {hashB}");
-        }
-        finally
-        {
-            if (mountPoint is not null)
-            {
-                await Tool.RunAsync("umount", "-l", mountPoint);
-            }
-        }
+        // The record went to the peer before the local write failed; the range is dirty and the resync sends
+        // the primary's own content, so the secondary does not keep data the primary never stored.
+        var synced = await ReplicaPair.WaitInSyncAsync(pair.A);
+        Assert.True(synced.GetProperty("counters").GetProperty("errors").GetInt64() >= 1, $"no error counted: {synced}");
+        var (hashA, hashB) = await pair.StopAndHashAsync();
+        Assert.True(hashA == hashB, $"after ENOSPC on the primary the images differ: {hashA} vs {hashB}");
     }
 }

@@ -297,12 +297,13 @@ public sealed class VerifyTests(ITestOutputHelper output)
         Corrupt(pair.ImageB, 50 * MiB, 2);
         await proxy.SendAsync("delay 400");
         var repair = ReplicaPair.CliAsync(a, "verify", "--repair");
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-        while (!a.Stderr.Contains("marked dirty; waiting for the resync", StringComparison.Ordinal))
+        var marked = a.WaitForLogAsync("marked dirty; waiting for the resync");
+        if (await Task.WhenAny(marked, repair) != marked)
         {
-            Assert.True(DateTime.UtcNow < deadline && !repair.IsCompleted, $"the repair never marked its ranges: {(repair.IsCompleted ? await repair : "")}\n{a.Stderr}");
-            await Task.Delay(5);
+            Assert.Fail($"the repair ended before it marked its ranges: {await repair}\n{a.Stderr}");
         }
+
+        await marked;
 
         // The resync's records need at least 400 ms to reach the peer: none can have arrived.
         await a.Kill9Async();
