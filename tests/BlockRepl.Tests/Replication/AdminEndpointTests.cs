@@ -15,7 +15,6 @@ namespace BlockRepl.Tests.Replication;
 /// server reflection (discovered by @grpc/grpc-js with no .proto files); the replication port serves only the
 /// Replication service, and the admin address never serves Replication.
 /// </summary>
-[Collection(DaemonCollection.Name)]
 public sealed class AdminEndpointTests
 {
     private static readonly TimeSpan HangLimit = TimeSpan.FromSeconds(60);
