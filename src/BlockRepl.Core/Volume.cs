@@ -126,12 +126,7 @@ public sealed partial class Volume : IDisposable
 
             if (_role == VolumeRole.Primary && _link is { } link)
             {
-                if (!link.Streaming || !link.Accepted)
-                {
-                    return ConnectionState.Connecting;
-                }
-
-                return link.Ahead ? ConnectionState.Ahead : link.ResyncActive ? ConnectionState.SyncSource : ConnectionState.Connected;
+                return link.State.Connection; // one value: never a mix of two states
             }
 
             return _receiverConnection;

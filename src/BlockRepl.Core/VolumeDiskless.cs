@@ -43,7 +43,7 @@ public sealed partial class Volume
     /// </summary>
     private bool CanDetachLocked() =>
         DetachOnIoError && _role == VolumeRole.Primary && _link is { } link && link.Mode == ReplicationMode.Sync
-        && link.Streaming && link.Accepted && !link.Ahead && link.PeerServesReads && !link.ResyncActive && !link.HasDirty;
+        && link.State is { Accepted: true, Ahead: false, Resyncing: false } && link.PeerServesReads && !link.HasDirty;
 
     /// <summary>
     /// Diskless with no connected peer: nothing can hold a change. Checked before the change gets a generation or a
@@ -51,7 +51,7 @@ public sealed partial class Volume
     /// </summary>
     private void ThrowIfDisklessWithoutPeerLocked()
     {
-        if (_diskless && !(_link is { } link && link.Streaming && link.Accepted))
+        if (_diskless && !(_link is { } link && link.State.Accepted))
         {
             Counters.Error();
             throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);

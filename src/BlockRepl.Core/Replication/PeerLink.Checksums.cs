@@ -88,8 +88,8 @@ internal sealed partial class PeerLink
     }
 
     private string? ProbeRefusalLocked() =>
-        !_streaming || !_accepted ? "the peer is not connected"
-        : _ahead ? "the link is ahead (async queue overflowed); the peer is behind"
+        !_state.Streaming || !_state.Accepted ? "the peer is not connected"
+        : _state.Ahead ? "the link is ahead (async queue overflowed); the peer is behind"
         : !_peerChecksums ? "the peer does not answer checksum requests (an older version)"
         : null;
 
@@ -103,7 +103,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (ProbeRefusalLocked() is not null || (probe.Resync && !_resyncActive))
+            if (ProbeRefusalLocked() is not null || (probe.Resync && !_state.Resyncing))
             {
                 if (probe.Resync)
                 {

@@ -33,7 +33,7 @@ internal sealed partial class PeerLink
         ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MaxPeerRead);
         lock (_gate)
         {
-            if (!_streaming || !_accepted || !PeerServesReads)
+            if (!_state.Streaming || !_state.Accepted || !PeerServesReads)
             {
                 return Task.FromException<byte[]>(new BlockImageException("the local disk is detached (diskless) and the peer cannot serve reads now", Native.LibC.EIO));
             }

@@ -117,15 +117,12 @@ internal sealed partial class PeerLink
     private long _queuedBytes;
     private long _inflightBytes; // sent, not yet acknowledged as received (async congestion counts it)
     private readonly Queue<(ulong Seq, long Cost)> _unreceived = new();
-    private volatile bool _streaming;
-    private bool _accepted;
-    private bool _ahead;
+    private volatile LinkState _state = LinkState.Closed; // replaced only under _gate, by MoveLocked
     private ulong _releaseBlockedAt;
     private long _payloadBytes;
     private long _wireBytes;
     private long _batches;
     private long _records;
-    private bool _resyncActive;
     private bool _resyncFull;
     private long _resyncTotal;
     private long _resyncDone;
@@ -197,7 +194,7 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming ? _durable : _nextSeq - 1;
+                return _state.Streaming ? _durable : _nextSeq - 1;
             }
         }
     }
@@ -288,7 +285,7 @@ internal sealed partial class PeerLink
                 {
                     // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
                     // records (whose bits were cleared when taken) are still short of durable on the peer.
-                    var mayClear = !_streaming || (!_resyncActive && _durable >= _lastResyncSeq);
+                    var mayClear = !_state.Streaming || (!_state.Resyncing && _durable >= _lastResyncSeq);
                     if (mayClear)
                     {
                         _taken?.Clear();
@@ -304,7 +301,7 @@ internal sealed partial class PeerLink
                     if (_forced.Count > 0)
                     {
                         // Extents evicted with records in flight: all set until the safe seq passes them.
-                        var safe = _streaming ? _durable : _nextSeq - 1;
+                        var safe = _state.Streaming ? _durable : _nextSeq - 1;
                         var firstExtent = (uint)(first / WordsPerExtent);
                         for (var e = firstExtent; e < firstExtent + (uint)((count + WordsPerExtent - 1) / WordsPerExtent); e++)
                         {
@@ -384,49 +381,19 @@ internal sealed partial class PeerLink
 
     public long MaxQueueBytes { get; }
 
-    public bool Streaming
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _streaming;
-            }
-        }
-    }
+    /// <summary>The link's state, one value read atomically (no lock): status and the volume read it once.</summary>
+    public LinkState State => _state;
 
-    public bool Ahead
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _ahead;
-            }
-        }
-    }
+    /// <summary>The one place the state changes (under <see cref="_gate"/>): by <see cref="LinkState.On"/>.</summary>
+    private void MoveLocked(LinkEvent e) => _state = _state.On(e);
 
-    public bool ResyncActive
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _resyncActive;
-            }
-        }
-    }
+    public bool Streaming => _state.Streaming;
 
-    public bool Accepted
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _accepted;
-            }
-        }
-    }
+    public bool Ahead => _state.Ahead;
+
+    public bool ResyncActive => _state.Resyncing;
+
+    public bool Accepted => _state.Accepted;
 
     /// <summary>
     /// True when a front-end request must wait before it may enter the volume: the peer is away under the
@@ -447,7 +414,7 @@ internal sealed partial class PeerLink
             }
 
             var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            (_streaming ? _spaceWaiters : _streamWaiters).Add(tcs);
+            (_state.Streaming ? _spaceWaiters : _streamWaiters).Add(tcs);
             return tcs.Task.WaitAsync(cancellationToken);
         }
     }
@@ -455,8 +422,8 @@ internal sealed partial class PeerLink
     private bool MustWaitLocked(long bytes)
     {
         var queued = Volatile.Read(ref _queuedBytes);
-        return (!_streaming && OnPeerLoss == PeerLossPolicy.Block)
-            || (_streaming && Mode == ReplicationMode.Sync && queued > 0 && queued + bytes > MaxQueueBytes);
+        return (!_state.Streaming && OnPeerLoss == PeerLossPolicy.Block)
+            || (_state.Streaming && Mode == ReplicationMode.Sync && queued > 0 && queued + bytes > MaxQueueBytes);
     }
 
     /// <summary>
@@ -468,7 +435,7 @@ internal sealed partial class PeerLink
         Volatile.Write(ref _lastAppRecordAt, Stopwatch.GetTimestamp());
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 _bitmap.Mark(offset, length);
                 return BlockedWaiterLocked();
@@ -478,7 +445,7 @@ internal sealed partial class PeerLink
             {
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
-                _ahead = true;
+                MoveLocked(LinkEvent.GoAhead);
                 _aheadCount++;
                 _announceAhead = true;
                 WakeShipperLocked();
@@ -524,7 +491,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 return BlockedWaiterLocked();
             }
@@ -615,9 +582,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            _streaming = true;
-            _accepted = false;
-            _ahead = false;
+            MoveLocked(LinkEvent.Open);
             _received = _applied = _durable = _lastSent = _nextSeq - 1;
             ReleaseAllLocked(_streamWaiters);
             return _nextSeq;
@@ -634,7 +599,7 @@ internal sealed partial class PeerLink
         lock (_gate)
         {
             _resyncReason = reason;
-            _accepted = true;
+            MoveLocked(LinkEvent.Accept);
             _connects++;
             _holesMaySkip = targetFresh;
             if (fullResync)
@@ -674,21 +639,19 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming)
+            if (!_state.Streaming)
             {
                 return;
             }
 
             _drainedAtClose = NothingOutstandingLocked();
 
-            if (_accepted)
+            if (_state.Accepted)
             {
                 _disconnects++;
             }
 
-            _streaming = false;
-            _accepted = false;
-            _ahead = false;
+            MoveLocked(LinkEvent.Close);
             _releaseBlockedAt = 0;
             while (_queue.TryDequeue(out var item))
             {
@@ -731,7 +694,6 @@ internal sealed partial class PeerLink
                 }
             }
 
-            _resyncActive = false;
             ReleaseAllLocked(_spaceWaiters);
             ReleaseSpaceLocked(); // the stream is gone: resync waiters go on and find it closed
             WakeShipperLocked();
@@ -780,18 +742,18 @@ internal sealed partial class PeerLink
             Task wake;
             lock (_gate)
             {
-                if (!_streaming)
+                if (!_state.Streaming)
                 {
                     throw new OperationCanceledException("the replication stream was closed");
                 }
 
-                if (_accepted && _queue.Count > 0)
+                if (_state.Accepted && _queue.Count > 0)
                 {
                     _announceAhead = false; // the batch carries the flag
                     return TakeLocked(writer, softLimit);
                 }
 
-                if (_accepted && _announceAhead)
+                if (_state.Accepted && _announceAhead)
                 {
                     _announceAhead = false;
                     return new LinkTake(0, 0, null, Idle: true, 0, 0);
@@ -818,7 +780,7 @@ internal sealed partial class PeerLink
             _queue.Dequeue();
             if (!marker.Begin)
             {
-                _resyncActive = false;
+                MoveLocked(LinkEvent.EndResync);
                 _releaseBlockedAt = _nextSeq - 1;
                 ReleaseBlockedIfDurableLocked();
             }
@@ -879,13 +841,13 @@ internal sealed partial class PeerLink
     /// </summary>
     private void MaybeLeaveAheadLocked()
     {
-        if (!_ahead || _queue.Count != 0 || _inflightBytes > MaxQueueBytes / 4)
+        if (!_state.Ahead || _queue.Count != 0 || _inflightBytes > MaxQueueBytes / 4)
         {
             return;
         }
 
-        _ahead = false;
-        if (!_resyncActive && !_bitmap.IsEmpty)
+        MoveLocked(LinkEvent.LeaveAhead);
+        if (!_state.Resyncing && !_bitmap.IsEmpty)
         {
             _resyncReason = "async link drained after running ahead: the dropped writes";
             BeginResyncLocked(full: false);
@@ -918,7 +880,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming)
+            if (!_state.Streaming)
             {
                 return true;
             }
@@ -980,12 +942,12 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 return false;
             }
 
-            if (_resyncActive)
+            if (_state.Resyncing)
             {
                 return true; // begun when the stream was accepted or when ahead ended
             }
@@ -1002,7 +964,7 @@ internal sealed partial class PeerLink
 
     private void BeginResyncLocked(bool full)
     {
-        _resyncActive = true;
+        MoveLocked(LinkEvent.BeginResync);
         _resyncFull = full;
         _resyncTotal = _bitmap.DirtyBytes;
         _resyncDone = 0;
@@ -1032,7 +994,7 @@ internal sealed partial class PeerLink
     {
         offset = 0;
         length = 0;
-        if (!_streaming || !_resyncActive || _ahead)
+        if (!_state.Streaming || !_state.Resyncing || _state.Ahead)
         {
             return false;
         }
@@ -1058,7 +1020,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || !_resyncActive)
+            if (!_state.Streaming || !_state.Resyncing)
             {
                 _bitmap.Mark(offset, length);
                 return;
@@ -1091,12 +1053,12 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || !_resyncActive)
+            if (!_state.Streaming || !_state.Resyncing)
             {
                 return true;
             }
 
-            if (!_bitmap.IsEmpty || _ahead || _unsettledResyncProbes.Count > 0)
+            if (!_bitmap.IsEmpty || _state.Ahead || _unsettledResyncProbes.Count > 0)
             {
                 return false;
             }
@@ -1118,7 +1080,7 @@ internal sealed partial class PeerLink
         fill = Math.Min(fill, MaxQueueBytes / 2);
         lock (_gate)
         {
-            if (!_streaming || _queuedBytes + _inflightBytes <= fill)
+            if (!_state.Streaming || _queuedBytes + _inflightBytes <= fill)
             {
                 return Task.CompletedTask;
             }
@@ -1143,7 +1105,7 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming && NothingOutstandingLocked();
+                return _state.Streaming && NothingOutstandingLocked();
             }
         }
     }
@@ -1158,13 +1120,13 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming ? NothingOutstandingLocked() : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
+                return _state.Streaming ? NothingOutstandingLocked() : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
             }
         }
     }
 
     private bool NothingOutstandingLocked() =>
-        _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive;
+        _state.Accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_state.Resyncing;
 
     public bool HasDirty
     {
@@ -1226,7 +1188,7 @@ internal sealed partial class PeerLink
                 WireBytes: Interlocked.Read(ref _wireBytes),
                 Batches: Interlocked.Read(ref _batches),
                 Records: Interlocked.Read(ref _records),
-                ResyncActive: _resyncActive,
+                ResyncActive: _state.Resyncing,
                 ResyncTotalBytes: _resyncTotal,
                 ResyncDoneBytes: _resyncDone,
                 ResyncFull: _resyncFull,
@@ -1254,7 +1216,7 @@ internal sealed partial class PeerLink
 
         for (var i = _resyncSpaceWaiters.Count - 1; i >= 0; i--)
         {
-            if (!_streaming || _queuedBytes + _inflightBytes <= _resyncSpaceWaiters[i].Fill)
+            if (!_state.Streaming || _queuedBytes + _inflightBytes <= _resyncSpaceWaiters[i].Fill)
             {
                 _resyncSpaceWaiters[i].Done.TrySetResult();
                 _resyncSpaceWaiters.RemoveAt(i);
