@@ -186,7 +186,7 @@ public sealed partial class Volume
             byte[] data;
             try
             {
-                data = link.RequestRead(offset + done, length).WaitAsync(TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+                data = link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).GetAwaiter().GetResult();
             }
             catch (Exception ex) when (ex is not BlockImageException)
             {
@@ -247,7 +247,7 @@ public sealed partial class Volume
 
                 try
                 {
-                    var data = link.RequestRead(offset, length).WaitAsync(TimeSpan.FromSeconds(30), cancellationToken).GetAwaiter().GetResult();
+                    var data = link.RequestRead(offset, length).WaitAsync(LocksAndLimits.PeerReadTimeout, cancellationToken).GetAwaiter().GetResult();
                     _image.Write(offset, data);
                 }
                 catch (Exception ex) when (ex is BlockImageException or TimeoutException or OperationCanceledException)

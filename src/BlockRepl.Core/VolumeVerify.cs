@@ -50,19 +50,18 @@ public sealed partial class Volume
     /// <summary>Chunk a checksum resync compares: a differing byte costs this much data on the wire.</summary>
     public const int ChecksumResyncChunk = 64 * 1024;
 
-    /// <summary>Largest range one probe covers (the peer rejects more); also the read buffer of a verify.</summary>
-    public const int MaxProbeBytes = 1024 * 1024;
+    /// <summary>Largest range one probe covers (<see cref="LocksAndLimits.MaxProbeBytes"/>).</summary>
+    public const int MaxProbeBytes = LocksAndLimits.MaxProbeBytes;
 
-    /// <summary>Probes outstanding at once: bounds the peer's work queue and the hashes held here.</summary>
-    private const int MaxOutstandingProbes = 8;
+    private const int MaxOutstandingProbes = LocksAndLimits.MaxOutstandingProbes;
 
     private static readonly TimeSpan RepairWait = TimeSpan.FromMinutes(10);
 
     /// <summary>
-    /// Differing chunks a verify holds before it stops (8 MiB of offsets): past this the images are not "nearly
-    /// identical" and a full resync is the repair, not a list of ranges.
+    /// Differing chunks a verify holds before it stops (<see cref="LocksAndLimits.MaxDifferingChunks"/>): past this the
+    /// images are not "nearly identical" and a full resync is the repair, not a list of ranges.
     /// </summary>
-    private const int MaxDifferingChunks = 1 << 20;
+    private const int MaxDifferingChunks = LocksAndLimits.MaxDifferingChunks;
 
     private int _verifyRunning;
     private volatile VerifyResult? _lastVerify;

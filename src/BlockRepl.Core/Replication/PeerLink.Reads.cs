@@ -15,8 +15,8 @@ internal sealed class PeerRead(ulong id, long offset, int length)
 /// <summary>Reads through the peer (a diskless primary, DRBD's on-io-error detach).</summary>
 internal sealed partial class PeerLink
 {
-    /// <summary>The largest read one request carries.</summary>
-    public const int MaxPeerRead = 1024 * 1024;
+    /// <summary>The largest read one request carries (<see cref="LocksAndLimits.MaxPeerRead"/>).</summary>
+    public const int MaxPeerRead = LocksAndLimits.MaxPeerRead;
 
     private readonly Dictionary<ulong, PeerRead> _pendingReads = [];
     private ulong _nextReadId;

@@ -90,11 +90,8 @@ public readonly record struct ReplicationSnapshot(
 /// </remarks>
 internal sealed partial class PeerLink
 {
-    /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
-    public const int MaxRecordPayload = 1024 * 1024;
-
-    /// <summary>What a record counts against the queue bound at least, so trims, zero ranges and flushes are bounded too.</summary>
-    private const int MinRecordCost = 4096;
+    /// <summary>Records larger than this are split (<see cref="LocksAndLimits.MaxRecordPayload"/>).</summary>
+    public const int MaxRecordPayload = LocksAndLimits.MaxRecordPayload;
 
     private readonly Lock _gate = new();
     private readonly Queue<LinkItem> _queue = new();
@@ -143,7 +140,7 @@ internal sealed partial class PeerLink
 
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, 2L * MaxRecordPayload);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, LocksAndLimits.MinSendQueueBytes);
         _bitmap = new DirtyBitmap(sizeBytes);
         Mode = mode;
         OnPeerLoss = onPeerLoss;
@@ -834,14 +831,14 @@ internal sealed partial class PeerLink
     }
 
     /// <summary>
-    /// Leaves ahead once the link has drained: nothing queued and at most a quarter of the bound still in flight
+    /// Leaves ahead once the link has drained: nothing queued and at most <see cref="LocksAndLimits.LeaveAheadInFlight"/> still in flight
     /// (the peer is keeping up again). Until now the peer got a write-ordered prefix; from here the dropped ranges
     /// come back as resync records between a Begin and an End marker (the peer is inconsistent meanwhile), and the
     /// Begin goes first, before any new write.
     /// </summary>
     private void MaybeLeaveAheadLocked()
     {
-        if (!_state.Ahead || _queue.Count != 0 || _inflightBytes > MaxQueueBytes / 4)
+        if (!_state.Ahead || _queue.Count != 0 || _inflightBytes > LocksAndLimits.LeaveAheadInFlight(MaxQueueBytes))
         {
             return;
         }
@@ -1072,12 +1069,12 @@ internal sealed partial class PeerLink
     }
 
     /// <summary>
-    /// Waits until at most <paramref name="fill"/> bytes (and at most half the bound) are queued or in flight to the
+    /// Waits until at most <paramref name="fill"/> bytes (and at most <see cref="LocksAndLimits.ResyncFillCap"/>) are queued or in flight to the
     /// peer, or the stream ends: the resync's fill target (how much of its data may stand in front of a new write).
     /// </summary>
     public Task WaitForResyncSpaceAsync(long fill, CancellationToken cancellationToken)
     {
-        fill = Math.Min(fill, MaxQueueBytes / 2);
+        fill = Math.Min(fill, LocksAndLimits.ResyncFillCap(MaxQueueBytes));
         lock (_gate)
         {
             if (!_state.Streaming || _queuedBytes + _inflightBytes <= fill)
@@ -1209,7 +1206,7 @@ internal sealed partial class PeerLink
 
     private void ReleaseSpaceLocked()
     {
-        if (_queuedBytes <= MaxQueueBytes / 2)
+        if (_queuedBytes <= LocksAndLimits.SyncWritersResume(MaxQueueBytes))
         {
             ReleaseAllLocked(_spaceWaiters);
         }
@@ -1234,7 +1231,7 @@ internal sealed partial class PeerLink
         waiters.Clear();
     }
 
-    private static int Cost(int payloadLength) => Math.Max(payloadLength, MinRecordCost);
+    private static int Cost(int payloadLength) => Math.Max(payloadLength, LocksAndLimits.MinRecordCost);
 
     private static void ReturnPayload(LinkItem item)
     {
