@@ -77,8 +77,10 @@ public readonly record struct ReplicationSnapshot(
     long ActivityLogEvictions = 0);
 
 /// <summary>
-/// The primary's side of one peer: sequence numbers, the bounded send queue, sent-but-not-durable records,
-/// the dirty bitmap, the acknowledgement waiters of sync mode and the ahead state of async mode.
+/// The primary's side of one peer (the replication source): sequence numbers, the bounded send queue,
+/// sent-but-not-durable records, the dirty bitmap, the acknowledgement waiters of sync mode and the ahead state of
+/// async mode (<see cref="LinkState"/>). It owns the outstanding checksum probes (<see cref="ChecksumProbes"/>) and
+/// reads through the peer (<see cref="PeerReads"/>), which travel in order with the records.
 /// </summary>
 /// <remarks>
 /// The invariant that makes every resync exact: every range that may differ on the peer is either dirty in
@@ -88,10 +90,13 @@ public readonly record struct ReplicationSnapshot(
 /// guarded by one lock; the volume calls the Submit methods under its own ordering lock, so the order of
 /// sequence numbers is the order of the local writes.
 /// </remarks>
-internal sealed partial class PeerLink
+internal sealed class PeerLink
 {
     /// <summary>Records larger than this are split (<see cref="LocksAndLimits.MaxRecordPayload"/>).</summary>
     public const int MaxRecordPayload = LocksAndLimits.MaxRecordPayload;
+
+    /// <summary>The largest read one request through the peer carries (<see cref="LocksAndLimits.MaxPeerRead"/>).</summary>
+    public const int MaxPeerRead = LocksAndLimits.MaxPeerRead;
 
     private readonly Lock _gate = new();
     private readonly Queue<LinkItem> _queue = new();
@@ -137,6 +142,9 @@ internal sealed partial class PeerLink
     private ActivityLog? _al;
     private ulong[]? _onDisk;
     private readonly Lock _persistGate = new();
+    private readonly ChecksumProbes _probes = new(); // guarded by _gate
+    private readonly PeerReads _reads = new(); // guarded by _gate
+    private volatile bool _peerChecksums;
 
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
@@ -668,8 +676,8 @@ internal sealed partial class PeerLink
                 _bitmap.Mark(sent.Offset, sent.Length);
             }
 
-            ReturnProbesLocked();
-            FailReadsLocked();
+            _probes.ReturnAll(_bitmap);
+            _reads.FailAll();
 
             foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
             {
@@ -1055,7 +1063,7 @@ internal sealed partial class PeerLink
                 return true;
             }
 
-            if (!_bitmap.IsEmpty || _state.Ahead || _unsettledResyncProbes.Count > 0)
+            if (!_bitmap.IsEmpty || _state.Ahead || _probes.AnyUnsettled)
             {
                 return false;
             }
@@ -1202,6 +1210,187 @@ internal sealed partial class PeerLink
                 ActivityLogTransactions: al.Transactions,
                 ActivityLogEvictions: al.Evictions);
         }
+    }
+
+    // ---- checksum probes (online verify, checksum resync): queued in order with the records --------------
+
+    /// <summary>The peer answers checksum probes (it announced the feature in its handshake reply); set per stream.</summary>
+    public bool PeerChecksums
+    {
+        get => _peerChecksums;
+        set => _peerChecksums = value;
+    }
+
+    /// <summary>Probes queued, hash bytes received, and resync bytes not sent because the hashes matched.</summary>
+    public (long Requests, long ReplyBytes, long EqualBytes) ChecksumCounters
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _probes.Counters;
+            }
+        }
+    }
+
+    /// <summary>Why a probe cannot be queued now, or null when it can.</summary>
+    public string? ProbeRefusal()
+    {
+        lock (_gate)
+        {
+            return ProbeRefusalLocked();
+        }
+    }
+
+    private string? ProbeRefusalLocked() =>
+        !_state.Streaming || !_state.Accepted ? "the peer is not connected"
+        : _state.Ahead ? "the link is ahead (async queue overflowed); the peer is behind"
+        : !_peerChecksums ? "the peer does not answer checksum requests (an older version)"
+        : null;
+
+    /// <summary>
+    /// Queues a probe in order with the records. Called under the volume's ordering lock, right after this node
+    /// read the range. False (and, for a resync probe, its range back in the bitmap) when there is no usable stream.
+    /// For a verify probe, records which chunks may differ legitimately now: dirty in the bitmap, or under a
+    /// checksum resync probe that is not settled yet.
+    /// </summary>
+    public bool TryQueueProbe(ChecksumProbe probe)
+    {
+        lock (_gate)
+        {
+            if (ProbeRefusalLocked() is not null || (probe.Resync && !_state.Resyncing))
+            {
+                if (probe.Resync)
+                {
+                    _bitmap.Mark(probe.Offset, probe.Length);
+                }
+
+                return false;
+            }
+
+            if (!probe.Resync)
+            {
+                var dirty = new bool[probe.Chunks];
+                for (var i = 0; i < dirty.Length; i++)
+                {
+                    var start = probe.Offset + ((long)i * probe.ChunkBytes);
+                    var end = Math.Min(probe.Offset + probe.Length, start + probe.ChunkBytes);
+                    for (var c = start >> DirtyBitmap.ChunkShift; c <= (end - 1) >> DirtyBitmap.ChunkShift && !dirty[i]; c++)
+                    {
+                        dirty[i] = _bitmap.IsSet(c);
+                    }
+
+                    dirty[i] |= _probes.OverlapsUnsettled(start, end);
+                }
+
+                probe.DirtyAtProbe = dirty;
+            }
+
+            _probes.Add(probe);
+            probe.SeqBefore = _nextSeq - 1;
+            _queue.Enqueue(new LinkItem { Probe = probe, EnqueuedAt = Stopwatch.GetTimestamp() });
+            WakeShipperLocked();
+            return true;
+        }
+    }
+
+    /// <summary>The peer's answer to a probe. False when no such probe is outstanding or the hash count is wrong (a protocol violation).</summary>
+    public bool OnChecksumReply(ulong id, ReadOnlySpan<byte> hashes)
+    {
+        lock (_gate)
+        {
+            return _probes.TryAnswer(id, hashes);
+        }
+    }
+
+    /// <summary>
+    /// A resync probe was compared: its differing ranges go back to the bitmap (the data pass sends them), the rest
+    /// counts as done. Ignored when a stream close already put the whole range back.
+    /// </summary>
+    public void SettleResyncProbe(ChecksumProbe probe, IReadOnlyList<(long Offset, long Length)> differing)
+    {
+        lock (_gate)
+        {
+            long differ = 0;
+            foreach (var (_, length) in differing)
+            {
+                differ += length;
+            }
+
+            if (!_probes.TrySettle(probe, equalBytes: probe.Length - differ))
+            {
+                return;
+            }
+
+            foreach (var (offset, length) in differing)
+            {
+                _bitmap.Mark(offset, length);
+            }
+
+            if (differ > 0)
+            {
+                _holesMaySkip = false; // the peer holds data here: a hole on this side must go over as a zero range
+            }
+
+            // The equal chunks' bits are clear in memory now. On disk they may clear only once the peer's copy is
+            // durable: the peer made it durable with the first fdatasync it ran after hashing, which a durable ack
+            // of any record after the probe proves (a superset stays on disk until then, never less).
+            _lastResyncSeq = Math.Max(_lastResyncSeq, probe.SeqBefore + 1);
+            _resyncDone += probe.Length - differ;
+        }
+    }
+
+    /// <summary>
+    /// Takes the next dirty run for a checksum probe, without wrapping to the start: ranges that a probe found
+    /// different are marked behind the cursor and must be left to the data pass, not probed again.
+    /// </summary>
+    public bool TakeChecksumRun(int maxBytes, out long offset, out int length)
+    {
+        lock (_gate)
+        {
+            return TakeRunLocked(maxBytes, mayWrap: false, out offset, out length); // wrapped around: the probing pass is over
+        }
+    }
+
+    // ---- reads through the peer (a diskless primary, DRBD's on-io-error detach) -----------------------------
+
+    /// <summary>The peer announced it answers ReadRequest frames (set at each accepted handshake).</summary>
+    public bool PeerServesReads { get; set; }
+
+    /// <summary>
+    /// Queues a read of the peer's image behind every record queued so far: the data it returns includes them.
+    /// Fails at once when no stream can carry it.
+    /// </summary>
+    public Task<byte[]> RequestRead(long offset, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MaxPeerRead);
+        lock (_gate)
+        {
+            if (!_state.Streaming || !_state.Accepted || !PeerServesReads)
+            {
+                return Task.FromException<byte[]>(new BlockImageException("the local disk is detached (diskless) and the peer cannot serve reads now", Native.LibC.EIO));
+            }
+
+            var read = _reads.Add(offset, length);
+            _queue.Enqueue(new LinkItem { Read = read, EnqueuedAt = Stopwatch.GetTimestamp() });
+            WakeShipperLocked();
+            return read.Done.Task;
+        }
+    }
+
+    /// <summary>The peer's answer to a read. False when no such read is outstanding or the length is wrong.</summary>
+    public bool OnReadReply(ulong id, ReadOnlySpan<byte> data, string error)
+    {
+        PeerRead? read;
+        lock (_gate)
+        {
+            if (!_reads.TryTake(id, out read))
+            {
+                return false;
+            }
+        }
+
+        return PeerReads.Complete(read, data, error);
     }
 
     private void ReleaseSpaceLocked()
