@@ -61,6 +61,9 @@ public sealed partial class Volume
         _receiverConnection = ConnectionState.Connecting;
     }
 
+    /// <summary>The resync rate controller's knobs (set by <see cref="AttachPeer"/>).</summary>
+    internal ResyncSettings Resync => _resync;
+
     /// <summary>The activity log's capacity in extents (0: off).</summary>
     public int ActivityLogCapacity => _al?.Capacity ?? 0;
 
