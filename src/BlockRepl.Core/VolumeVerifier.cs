@@ -143,15 +143,9 @@ internal sealed class VolumeVerifier(Volume volume, Lock order, BlockImage image
 
         // The marks make the resync loop begin a resync; it is over when no bit is dirty and its End marker has
         // gone out. A probe queued after that comes after every resync record in the stream.
-        var deadline = DateTime.UtcNow + RepairWait;
-        while (link.HasDirty || link.ResyncActive || link.ProbeRefusal() is not null)
+        if (!await link.WaitUntilAsync(l => !l.HasDirty && !l.ResyncActive && l.ProbeRefusal() is null, RepairWait, cancellationToken).ConfigureAwait(false))
         {
-            if (DateTime.UtcNow > deadline)
-            {
-                return found with { Done = false, Reason = $"the resync of the differing ranges did not finish within {RepairWait.TotalMinutes:0} minutes", FinishedAt = DateTimeOffset.UtcNow };
-            }
-
-            await Task.Delay(50, cancellationToken).ConfigureAwait(false);
+            return found with { Done = false, Reason = $"the resync of the differing ranges did not finish within {RepairWait.TotalMinutes:0} minutes", FinishedAt = DateTimeOffset.UtcNow };
         }
 
         var again = await CompareAsync(link, found.Differing, found.ChunkBytes, cancellationToken).ConfigureAwait(false);

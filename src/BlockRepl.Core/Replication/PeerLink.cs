@@ -363,6 +363,8 @@ internal sealed class PeerLink
             {
                 _holesMaySkip = false;
             }
+
+            SignalChangedLocked();
         }
     }
 
@@ -373,6 +375,7 @@ internal sealed class PeerLink
         lock (_gate)
         {
             _bitmap.Clear();
+            SignalChangedLocked();
         }
     }
 
@@ -390,7 +393,62 @@ internal sealed class PeerLink
     public LinkState State => _state;
 
     /// <summary>The one place the state changes (under <see cref="_gate"/>): by <see cref="LinkState.On"/>.</summary>
-    private void MoveLocked(LinkEvent e) => _state = _state.On(e);
+    private void MoveLocked(LinkEvent e)
+    {
+        _state = _state.On(e);
+        SignalChangedLocked();
+    }
+
+    // Completed (and dropped) at the next change a WaitUntilAsync may be waiting for. Guarded by _gate.
+    private TaskCompletionSource? _changed;
+
+    /// <summary>
+    /// Waits until <paramref name="condition"/> holds, checking it now and again after each change of the link's
+    /// state, acknowledgements, queue, bitmap or probes (signalled, not polled). Returns false when
+    /// <paramref name="timeout"/> (<see cref="Timeout.InfiniteTimeSpan"/>: none) passes first. The condition runs
+    /// outside the link's lock and may read any member.
+    /// </summary>
+    public async Task<bool> WaitUntilAsync(Func<PeerLink, bool> condition, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var infinite = timeout == Timeout.InfiniteTimeSpan || timeout > TimeSpan.FromDays(24); // WaitAsync takes under 49.7 days
+        var started = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            Task changed;
+            lock (_gate)
+            {
+                changed = (_changed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+
+            // Taken before the check: a change after the check completes it, so no wakeup is lost.
+            if (condition(this))
+            {
+                return true;
+            }
+
+            var left = infinite ? Timeout.InfiniteTimeSpan : timeout - Stopwatch.GetElapsedTime(started);
+            if (!infinite && left <= TimeSpan.Zero)
+            {
+                return false;
+            }
+
+            try
+            {
+                await changed.WaitAsync(left, cancellationToken).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                return condition(this);
+            }
+        }
+    }
+
+    private void SignalChangedLocked()
+    {
+        var changed = _changed;
+        _changed = null;
+        changed?.TrySetResult();
+    }
 
     public bool Streaming => _state.Streaming;
 
@@ -488,6 +546,7 @@ internal sealed class PeerLink
         {
             _bitmap.Mark(offset, length);
             _holesMaySkip = false; // the peer may hold data where this image has a hole now
+            SignalChangedLocked();
         }
     }
 
@@ -755,7 +814,9 @@ internal sealed class PeerLink
                 if (_state.Accepted && _queue.Count > 0)
                 {
                     _announceAhead = false; // the batch carries the flag
-                    return TakeLocked(writer, softLimit);
+                    var take = TakeLocked(writer, softLimit);
+                    SignalChangedLocked();
+                    return take;
                 }
 
                 if (_state.Accepted && _announceAhead)
@@ -925,6 +986,7 @@ internal sealed class PeerLink
             }
 
             ReleaseBlockedIfDurableLocked();
+            SignalChangedLocked();
         }
 
         _al?.NotifyProgress();
@@ -1017,6 +1079,7 @@ internal sealed class PeerLink
         }
 
         _resyncCursor = offset + length;
+        SignalChangedLocked();
         return true;
     }
 
@@ -1218,7 +1281,14 @@ internal sealed class PeerLink
     public bool PeerChecksums
     {
         get => _peerChecksums;
-        set => _peerChecksums = value;
+        set
+        {
+            lock (_gate)
+            {
+                _peerChecksums = value;
+                SignalChangedLocked();
+            }
+        }
     }
 
     /// <summary>Probes queued, hash bytes received, and resync bytes not sent because the hashes matched.</summary>
@@ -1229,6 +1299,18 @@ internal sealed class PeerLink
             lock (_gate)
             {
                 return _probes.Counters;
+            }
+        }
+    }
+
+    /// <summary>A checksum resync's probe is not settled yet (the resync cannot end before it is).</summary>
+    public bool ResyncProbesOutstanding
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _probes.AnyUnsettled;
             }
         }
     }
@@ -1263,6 +1345,7 @@ internal sealed class PeerLink
                 if (probe.Resync)
                 {
                     _bitmap.Mark(probe.Offset, probe.Length);
+                    SignalChangedLocked();
                 }
 
                 return false;
@@ -1337,6 +1420,7 @@ internal sealed class PeerLink
             // of any record after the probe proves (a superset stays on disk until then, never less).
             _lastResyncSeq = Math.Max(_lastResyncSeq, probe.SeqBefore + 1);
             _resyncDone += probe.Length - differ;
+            SignalChangedLocked();
         }
     }
 
