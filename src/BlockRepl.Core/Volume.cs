@@ -39,6 +39,7 @@ public sealed partial class Volume : IDisposable
     private volatile bool _splitBrain;
     private volatile string? _lastError;
     private long _lastErrorUnixMs;
+    private readonly VolumeVerifier _verifier;
 
     private Volume(BlockImage image, VolumeMetadata metadata, MetaFile metaFile, int activityLogExtents)
     {
@@ -47,6 +48,7 @@ public sealed partial class Volume : IDisposable
         _metaFile = metaFile;
         _activityLogExtents = activityLogExtents;
         _flush = new CoalescingFlush(image.Flush);
+        _verifier = new VolumeVerifier(this, _order, image);
         _role = StateNames.ParseRole(metadata.Role);
         _disk = StateNames.ParseDisk(metadata.Disk);
         _loggedAtOpen = metaFile.ReadActivityLog();
@@ -127,12 +129,7 @@ public sealed partial class Volume : IDisposable
 
             if (_role == VolumeRole.Primary && _link is { } link)
             {
-                if (!link.Streaming || !link.Accepted)
-                {
-                    return ConnectionState.Connecting;
-                }
-
-                return link.Ahead ? ConnectionState.Ahead : link.ResyncActive ? ConnectionState.SyncSource : ConnectionState.Connected;
+                return link.State.Connection; // one value: never a mix of two states
             }
 
             return _receiverConnection;
@@ -786,6 +783,39 @@ public sealed partial class Volume : IDisposable
             throw;
         }
     }
+
+    // ---- online verify and checksum probes: VolumeVerifier ---------------------------------------------
+
+    /// <summary>Default chunk a verify compares (and reports differences in).</summary>
+    public const int DefaultVerifyChunk = 64 * 1024;
+
+    /// <summary>Chunk a checksum resync compares: a differing byte costs this much data on the wire.</summary>
+    public const int ChecksumResyncChunk = 64 * 1024;
+
+    /// <summary>Largest range one probe covers (<see cref="LocksAndLimits.MaxProbeBytes"/>).</summary>
+    public const int MaxProbeBytes = LocksAndLimits.MaxProbeBytes;
+
+    /// <summary>The last verify since the daemon started, or null.</summary>
+    public VerifyResult? LastVerify => _verifier.LastVerify;
+
+    /// <inheritdoc cref="VolumeVerifier.VerifyAsync"/>
+    public Task<VerifyResult> VerifyAsync(int chunkBytes, bool repair, Action<string> log, CancellationToken cancellationToken) =>
+        _verifier.VerifyAsync(chunkBytes, repair, log, cancellationToken);
+
+    /// <inheritdoc cref="VolumeVerifier.RunChecksumPassAsync"/>
+    internal Task RunChecksumPassAsync(bool full, Action<string> log, CancellationToken cancellationToken) =>
+        _verifier.RunChecksumPassAsync(full, log, cancellationToken);
+
+    /// <inheritdoc cref="VolumeVerifier.HashRangeForPeer"/>
+    internal byte[] HashRangeForPeer(long offset, int length, int chunkBytes, byte[] buffer) =>
+        _verifier.HashRangeForPeer(offset, length, chunkBytes, buffer);
+
+    /// <inheritdoc cref="VolumeVerifier.Merge"/>
+    internal static List<VolumeRange> Merge(IReadOnlyList<long> sortedChunkOffsets, int chunkBytes, long size) =>
+        VolumeVerifier.Merge(sortedChunkOffsets, chunkBytes, size);
+
+    /// <inheritdoc cref="VolumeVerifier.HashChunks"/>
+    internal static byte[] HashChunks(ReadOnlySpan<byte> data, int chunkBytes) => VolumeVerifier.HashChunks(data, chunkBytes);
 
     private sealed class ClientLease(Volume volume, long id) : IDisposable
     {

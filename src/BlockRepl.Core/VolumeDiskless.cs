@@ -11,6 +11,7 @@ public sealed partial class Volume
 {
     private volatile bool _diskless;
     private DirtyBitmap? _localMissing; // ranges the local image lacks (written while diskless); under _order
+    private int _attaching; // 1 while an attach pulls from the peer
 
     /// <summary>
     /// Detach on a local I/O error (EIO, ENOSPC) when the peer holds the write (sync mode, connected); otherwise
@@ -43,7 +44,7 @@ public sealed partial class Volume
     /// </summary>
     private bool CanDetachLocked() =>
         DetachOnIoError && _role == VolumeRole.Primary && _link is { } link && link.Mode == ReplicationMode.Sync
-        && link.Streaming && link.Accepted && !link.Ahead && link.PeerServesReads && !link.ResyncActive && !link.HasDirty;
+        && link.State is { Accepted: true, Ahead: false, Resyncing: false } && link.PeerServesReads && !link.HasDirty;
 
     /// <summary>
     /// Diskless with no connected peer: nothing can hold a change. Checked before the change gets a generation or a
@@ -51,7 +52,7 @@ public sealed partial class Volume
     /// </summary>
     private void ThrowIfDisklessWithoutPeerLocked()
     {
-        if (_diskless && !(_link is { } link && link.Streaming && link.Accepted))
+        if (_diskless && !(_link is { } link && link.State.Accepted))
         {
             Counters.Error();
             throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
@@ -186,7 +187,7 @@ public sealed partial class Volume
             byte[] data;
             try
             {
-                data = link.RequestRead(offset + done, length).WaitAsync(TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+                data = link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).GetAwaiter().GetResult();
             }
             catch (Exception ex) when (ex is not BlockImageException)
             {
@@ -205,10 +206,15 @@ public sealed partial class Volume
     }
 
     /// <summary>
-    /// The local disk is back: pulls from the peer every range written while diskless (each under the ordering lock,
-    /// so no write lands between the peer's read and the local write), flushes, and serves locally again. Refused
-    /// (the volume stays diskless) when the disk still fails or the peer cannot serve reads.
+    /// The local disk is back: pulls from the peer every range written while diskless, flushes, and serves locally
+    /// again. Refused (the volume stays diskless) when the disk still fails or the peer cannot serve reads. One attach
+    /// runs at a time.
     /// </summary>
+    /// <remarks>
+    /// Each read is queued under the ordering lock, so the peer's data includes every write before it; a write after
+    /// it (diskless: to the peer only) marks its range missing again, and a later round pulls it again. The read is
+    /// awaited outside the lock; the volume goes back to its local disk only under the lock, when nothing is missing.
+    /// </remarks>
     public async Task<RoleChangeResult> AttachDiskAsync(CancellationToken cancellationToken)
     {
         if (!_diskless)
@@ -216,14 +222,33 @@ public sealed partial class Volume
             return new RoleChangeResult(true, "the local disk is attached");
         }
 
-        var link = _link!;
+        if (Interlocked.CompareExchange(ref _attaching, 1, 0) != 0)
+        {
+            return new RoleChangeResult(false, "an attach of this volume is already running");
+        }
+
+        try
+        {
+            return await PullMissingAsync(_link!, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            Volatile.Write(ref _attaching, 0);
+        }
+    }
+
+    private async Task<RoleChangeResult> PullMissingAsync(PeerLink link, CancellationToken cancellationToken)
+    {
         long pulled = 0;
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
+            long offset;
+            int length;
+            Task<byte[]> read;
             lock (_order)
             {
-                if (!_localMissing!.TakeRun(0, PeerLink.MaxPeerRead, out var offset, out var length))
+                if (!_localMissing!.TakeRun(0, PeerLink.MaxPeerRead, out offset, out length))
                 {
                     try
                     {
@@ -245,21 +270,28 @@ public sealed partial class Volume
                     return new RoleChangeResult(true, "", MissingBytes: (ulong)pulled);
                 }
 
-                try
-                {
-                    var data = link.RequestRead(offset, length).WaitAsync(TimeSpan.FromSeconds(30), cancellationToken).GetAwaiter().GetResult();
-                    _image.Write(offset, data);
-                }
-                catch (Exception ex) when (ex is BlockImageException or TimeoutException or OperationCanceledException)
-                {
-                    _localMissing.Mark(offset, length);
-                    return new RoleChangeResult(false, $"attach stopped after {pulled} bytes, the volume stays diskless: {ex.Message}");
-                }
-
-                pulled += length;
+                read = link.RequestRead(offset, length);
             }
 
-            await Task.Yield();
+            try
+            {
+                var data = await read.WaitAsync(LocksAndLimits.PeerReadTimeout, cancellationToken).ConfigureAwait(false);
+                lock (_order)
+                {
+                    _image.Write(offset, data);
+                }
+            }
+            catch (Exception ex) when (ex is BlockImageException or TimeoutException or OperationCanceledException)
+            {
+                lock (_order)
+                {
+                    _localMissing.Mark(offset, length);
+                }
+
+                return new RoleChangeResult(false, $"attach stopped after {pulled} bytes, the volume stays diskless: {ex.Message}");
+            }
+
+            pulled += length;
         }
     }
 }

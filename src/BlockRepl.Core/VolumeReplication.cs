@@ -69,6 +69,9 @@ public sealed partial class Volume
         SetReceiverConnection(ConnectionState.Connecting);
     }
 
+    /// <summary>The resync rate controller's knobs (set by <see cref="AttachPeer"/>).</summary>
+    internal ResyncSettings Resync => _resync;
+
     /// <summary>The activity log's capacity in extents (0: off).</summary>
     public int ActivityLogCapacity => _al?.Capacity ?? 0;
 
@@ -317,8 +320,11 @@ public sealed partial class Volume
                     return;
                 }
 
-                // Still dirty: writes landed while the link was ahead. Let the queue drain, then go on.
-                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+                // Not done: the link is ahead (writes landed in the bitmap; it leaves ahead once the queue drains) or a
+                // checksum probe is not settled yet. Go on once one of those changes, or the resync or stream ends.
+                await link.WaitUntilAsync(
+                    l => !l.Streaming || !l.ResyncActive || (!l.Ahead && (l.HasDirty || !l.ResyncProbesOutstanding)),
+                    Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
             }
         }
         finally
@@ -335,12 +341,7 @@ public sealed partial class Volume
     {
         try
         {
-            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(5);
-            while (link.Streaming && !link.IsDrained && DateTime.UtcNow < deadline)
-            {
-                await Task.Delay(20, cancellationToken).ConfigureAwait(false);
-            }
-
+            await link.WaitUntilAsync(l => !l.Streaming || l.IsDrained, TimeSpan.FromMinutes(5), cancellationToken).ConfigureAwait(false);
             if (!link.IsDrained)
             {
                 return;
@@ -615,10 +616,9 @@ public sealed partial class Volume
         var link = _link;
         var atStart = link?.Snapshot();
         var shipped = atStart is { } r ? r.LastSeq - r.DurableSeq : 0;
-        var deadline = DateTime.UtcNow + timeout;
-        while (link is not null && link.Streaming && !link.IsDrained && DateTime.UtcNow < deadline)
+        if (link is not null)
         {
-            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+            await link.WaitUntilAsync(l => !l.Streaming || l.IsDrained, timeout, cancellationToken).ConfigureAwait(false);
         }
 
         await _flush.FlushAsync().ConfigureAwait(false);

@@ -190,7 +190,7 @@ internal static class AdminCommands
                 throw new UserError($"--chunk: {ex.Message}");
             }
 
-            if (parsed < 4096 || parsed > 1024 * 1024 || parsed % 4096 != 0)
+            if (parsed < 4096 || parsed > Core.LocksAndLimits.MaxProbeBytes || parsed % 4096 != 0)
             {
                 throw new UserError($"--chunk {chunk}: expected a multiple of 4K from 4K to 1M");
             }

@@ -150,7 +150,7 @@ internal sealed record ServeOptions
             throw new UserError($"--send-queue: {ex.Message}");
         }
 
-        if (queue < 2L * 1024 * 1024)
+        if (queue < LocksAndLimits.MinSendQueueBytes)
         {
             throw new UserError($"--send-queue {SendQueue} is too small: at least 2M");
         }

@@ -64,7 +64,7 @@ internal sealed class ActivityLog
     public const int MinCapacity = VolumeOptions.MinActivityLogExtents;
 
     /// <summary>Volume splits trims and zero ranges so one request never holds more extents than this.</summary>
-    public const int MaxRequestExtents = 16;
+    public const int MaxRequestExtents = LocksAndLimits.ActivityLogMaxRequestExtents;
 
     public int Capacity => _capacity;
 

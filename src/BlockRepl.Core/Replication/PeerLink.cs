@@ -77,8 +77,10 @@ public readonly record struct ReplicationSnapshot(
     long ActivityLogEvictions = 0);
 
 /// <summary>
-/// The primary's side of one peer: sequence numbers, the bounded send queue, sent-but-not-durable records,
-/// the dirty bitmap, the acknowledgement waiters of sync mode and the ahead state of async mode.
+/// The primary's side of one peer (the replication source): sequence numbers, the bounded send queue,
+/// sent-but-not-durable records, the dirty bitmap, the acknowledgement waiters of sync mode and the ahead state of
+/// async mode (<see cref="LinkState"/>). It owns the outstanding checksum probes (<see cref="ChecksumProbes"/>) and
+/// reads through the peer (<see cref="PeerReads"/>), which travel in order with the records.
 /// </summary>
 /// <remarks>
 /// The invariant that makes every resync exact: every range that may differ on the peer is either dirty in
@@ -88,13 +90,13 @@ public readonly record struct ReplicationSnapshot(
 /// guarded by one lock; the volume calls the Submit methods under its own ordering lock, so the order of
 /// sequence numbers is the order of the local writes.
 /// </remarks>
-internal sealed partial class PeerLink
+internal sealed class PeerLink
 {
-    /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
-    public const int MaxRecordPayload = 1024 * 1024;
+    /// <summary>Records larger than this are split (<see cref="LocksAndLimits.MaxRecordPayload"/>).</summary>
+    public const int MaxRecordPayload = LocksAndLimits.MaxRecordPayload;
 
-    /// <summary>What a record counts against the queue bound at least, so trims, zero ranges and flushes are bounded too.</summary>
-    private const int MinRecordCost = 4096;
+    /// <summary>The largest read one request through the peer carries (<see cref="LocksAndLimits.MaxPeerRead"/>).</summary>
+    public const int MaxPeerRead = LocksAndLimits.MaxPeerRead;
 
     private readonly Lock _gate = new();
     private readonly Queue<LinkItem> _queue = new();
@@ -117,15 +119,12 @@ internal sealed partial class PeerLink
     private long _queuedBytes;
     private long _inflightBytes; // sent, not yet acknowledged as received (async congestion counts it)
     private readonly Queue<(ulong Seq, long Cost)> _unreceived = new();
-    private volatile bool _streaming;
-    private bool _accepted;
-    private bool _ahead;
+    private volatile LinkState _state = LinkState.Closed; // replaced only under _gate, by MoveLocked
     private ulong _releaseBlockedAt;
     private long _payloadBytes;
     private long _wireBytes;
     private long _batches;
     private long _records;
-    private bool _resyncActive;
     private bool _resyncFull;
     private long _resyncTotal;
     private long _resyncDone;
@@ -138,16 +137,19 @@ internal sealed partial class PeerLink
     private long _disconnects;
     private ulong _lastResyncSeq;
     private string _resyncReason = "";
-    private ConnectionState _state = ConnectionState.Connecting; // as last reported to StateChanged
+    private ConnectionState _reported = ConnectionState.Connecting; // as last reported to StateChanged
     private (long Bytes, double Seconds, string Reason, bool Full) _lastResync;
     private MetaFile? _meta;
     private ActivityLog? _al;
     private ulong[]? _onDisk;
     private readonly Lock _persistGate = new();
+    private readonly ChecksumProbes _probes = new(); // guarded by _gate
+    private readonly PeerReads _reads = new(); // guarded by _gate
+    private volatile bool _peerChecksums;
 
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, 2L * MaxRecordPayload);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, LocksAndLimits.MinSendQueueBytes);
         _bitmap = new DirtyBitmap(sizeBytes);
         Mode = mode;
         OnPeerLoss = onPeerLoss;
@@ -198,7 +200,7 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming ? _durable : _nextSeq - 1;
+                return _state.Streaming ? _durable : _nextSeq - 1;
             }
         }
     }
@@ -289,7 +291,7 @@ internal sealed partial class PeerLink
                 {
                     // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
                     // records (whose bits were cleared when taken) are still short of durable on the peer.
-                    var mayClear = !_streaming || (!_resyncActive && _durable >= _lastResyncSeq);
+                    var mayClear = !_state.Streaming || (!_state.Resyncing && _durable >= _lastResyncSeq);
                     if (mayClear)
                     {
                         _taken?.Clear();
@@ -305,7 +307,7 @@ internal sealed partial class PeerLink
                     if (_forced.Count > 0)
                     {
                         // Extents evicted with records in flight: all set until the safe seq passes them.
-                        var safe = _streaming ? _durable : _nextSeq - 1;
+                        var safe = _state.Streaming ? _durable : _nextSeq - 1;
                         var firstExtent = (uint)(first / WordsPerExtent);
                         for (var e = firstExtent; e < firstExtent + (uint)((count + WordsPerExtent - 1) / WordsPerExtent); e++)
                         {
@@ -362,6 +364,8 @@ internal sealed partial class PeerLink
             {
                 _holesMaySkip = false;
             }
+
+            SignalChangedLocked();
         }
     }
 
@@ -372,6 +376,7 @@ internal sealed partial class PeerLink
         lock (_gate)
         {
             _bitmap.Clear();
+            SignalChangedLocked();
         }
     }
 
@@ -385,26 +390,72 @@ internal sealed partial class PeerLink
 
     public long MaxQueueBytes { get; }
 
-    public bool Streaming
+    /// <summary>The link's state, one value read atomically (no lock): status and the volume read it once.</summary>
+    public LinkState State => _state;
+
+    /// <summary>The one place the state changes (under <see cref="_gate"/>): by <see cref="LinkState.On"/>.</summary>
+    private void MoveLocked(LinkEvent e)
     {
-        get
+        _state = _state.On(e);
+        var reported = _state.Connection;
+        if (reported != _reported)
         {
+            _reported = reported;
+            StateChanged?.Invoke(reported);
+        }
+
+        SignalChangedLocked();
+    }
+
+    // Completed (and dropped) at the next change a WaitUntilAsync may be waiting for. Guarded by _gate.
+    private TaskCompletionSource? _changed;
+
+    /// <summary>
+    /// Waits until <paramref name="condition"/> holds, checking it now and again after each change of the link's
+    /// state, acknowledgements, queue, bitmap or probes (signalled, not polled). Returns false when
+    /// <paramref name="timeout"/> (<see cref="Timeout.InfiniteTimeSpan"/>: none) passes first. The condition runs
+    /// outside the link's lock and may read any member.
+    /// </summary>
+    public async Task<bool> WaitUntilAsync(Func<PeerLink, bool> condition, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var infinite = timeout == Timeout.InfiniteTimeSpan || timeout > TimeSpan.FromDays(24); // WaitAsync takes under 49.7 days
+        var started = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            Task changed;
             lock (_gate)
             {
-                return _streaming;
+                changed = (_changed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+
+            // Taken before the check: a change after the check completes it, so no wakeup is lost.
+            if (condition(this))
+            {
+                return true;
+            }
+
+            var left = infinite ? Timeout.InfiniteTimeSpan : timeout - Stopwatch.GetElapsedTime(started);
+            if (!infinite && left <= TimeSpan.Zero)
+            {
+                return false;
+            }
+
+            try
+            {
+                await changed.WaitAsync(left, cancellationToken).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                return condition(this);
             }
         }
     }
 
-    public bool Ahead
+    private void SignalChangedLocked()
     {
-        get
-        {
-            lock (_gate)
-            {
-                return _ahead;
-            }
-        }
+        var changed = _changed;
+        _changed = null;
+        changed?.TrySetResult();
     }
 
     /// <summary>
@@ -413,40 +464,13 @@ internal sealed partial class PeerLink
     /// </summary>
     public Action<ConnectionState>? StateChanged { get; set; }
 
-    private void NoteStateLocked()
-    {
-        var state = !_streaming || !_accepted ? ConnectionState.Connecting
-            : _ahead ? ConnectionState.Ahead
-            : _resyncActive ? ConnectionState.SyncSource
-            : ConnectionState.Connected;
-        if (state != _state)
-        {
-            _state = state;
-            StateChanged?.Invoke(state);
-        }
-    }
+    public bool Streaming => _state.Streaming;
 
-    public bool ResyncActive
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _resyncActive;
-            }
-        }
-    }
+    public bool Ahead => _state.Ahead;
 
-    public bool Accepted
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _accepted;
-            }
-        }
-    }
+    public bool ResyncActive => _state.Resyncing;
+
+    public bool Accepted => _state.Accepted;
 
     /// <summary>
     /// True when a front-end request must wait before it may enter the volume: the peer is away under the
@@ -467,7 +491,7 @@ internal sealed partial class PeerLink
             }
 
             var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            (_streaming ? _spaceWaiters : _streamWaiters).Add(tcs);
+            (_state.Streaming ? _spaceWaiters : _streamWaiters).Add(tcs);
             return tcs.Task.WaitAsync(cancellationToken);
         }
     }
@@ -475,8 +499,8 @@ internal sealed partial class PeerLink
     private bool MustWaitLocked(long bytes)
     {
         var queued = Volatile.Read(ref _queuedBytes);
-        return (!_streaming && OnPeerLoss == PeerLossPolicy.Block)
-            || (_streaming && Mode == ReplicationMode.Sync && queued > 0 && queued + bytes > MaxQueueBytes);
+        return (!_state.Streaming && OnPeerLoss == PeerLossPolicy.Block)
+            || (_state.Streaming && Mode == ReplicationMode.Sync && queued > 0 && queued + bytes > MaxQueueBytes);
     }
 
     /// <summary>
@@ -488,7 +512,7 @@ internal sealed partial class PeerLink
         Volatile.Write(ref _lastAppRecordAt, Stopwatch.GetTimestamp());
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 _bitmap.Mark(offset, length);
                 return BlockedWaiterLocked();
@@ -498,10 +522,9 @@ internal sealed partial class PeerLink
             {
                 // Pull ahead: the record is dropped, its range stays dirty, and the resync catches up once the
                 // queue has drained. The stream stays a write-ordered prefix until the resync begins.
-                _ahead = true;
+                MoveLocked(LinkEvent.GoAhead);
                 _aheadCount++;
                 _announceAhead = true;
-                NoteStateLocked();
                 WakeShipperLocked();
                 _holesMaySkip = false; // a trim dropped here must reach the target as a zero range
                 _bitmap.Mark(offset, length);
@@ -537,6 +560,7 @@ internal sealed partial class PeerLink
         {
             _bitmap.Mark(offset, length);
             _holesMaySkip = false; // the peer may hold data where this image has a hole now
+            SignalChangedLocked();
         }
     }
 
@@ -545,7 +569,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 return BlockedWaiterLocked();
             }
@@ -636,12 +660,9 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            _streaming = true;
-            _accepted = false;
-            _ahead = false;
+            MoveLocked(LinkEvent.Open);
             _received = _applied = _durable = _lastSent = _nextSeq - 1;
             ReleaseAllLocked(_streamWaiters);
-            NoteStateLocked();
             return _nextSeq;
         }
     }
@@ -656,7 +677,7 @@ internal sealed partial class PeerLink
         lock (_gate)
         {
             _resyncReason = reason;
-            _accepted = true;
+            MoveLocked(LinkEvent.Accept);
             _connects++;
             _holesMaySkip = targetFresh;
             if (fullResync)
@@ -667,7 +688,6 @@ internal sealed partial class PeerLink
             if (_bitmap.IsEmpty && !peerInconsistent)
             {
                 ReleaseAllLocked(_blocked);
-                NoteStateLocked();
                 return false;
             }
 
@@ -697,21 +717,19 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming)
+            if (!_state.Streaming)
             {
                 return;
             }
 
             _drainedAtClose = NothingOutstandingLocked();
 
-            if (_accepted)
+            if (_state.Accepted)
             {
                 _disconnects++;
             }
 
-            _streaming = false;
-            _accepted = false;
-            _ahead = false;
+            MoveLocked(LinkEvent.Close);
             _releaseBlockedAt = 0;
             while (_queue.TryDequeue(out var item))
             {
@@ -731,8 +749,8 @@ internal sealed partial class PeerLink
                 _bitmap.Mark(sent.Offset, sent.Length);
             }
 
-            ReturnProbesLocked();
-            FailReadsLocked();
+            _probes.ReturnAll(_bitmap);
+            _reads.FailAll();
 
             foreach (var queue in new[] { _appliedWaiters, _durableWaiters })
             {
@@ -754,8 +772,6 @@ internal sealed partial class PeerLink
                 }
             }
 
-            _resyncActive = false;
-            NoteStateLocked();
             ReleaseAllLocked(_spaceWaiters);
             ReleaseSpaceLocked(); // the stream is gone: resync waiters go on and find it closed
             WakeShipperLocked();
@@ -804,18 +820,20 @@ internal sealed partial class PeerLink
             Task wake;
             lock (_gate)
             {
-                if (!_streaming)
+                if (!_state.Streaming)
                 {
                     throw new OperationCanceledException("the replication stream was closed");
                 }
 
-                if (_accepted && _queue.Count > 0)
+                if (_state.Accepted && _queue.Count > 0)
                 {
                     _announceAhead = false; // the batch carries the flag
-                    return TakeLocked(writer, softLimit);
+                    var take = TakeLocked(writer, softLimit);
+                    SignalChangedLocked();
+                    return take;
                 }
 
-                if (_accepted && _announceAhead)
+                if (_state.Accepted && _announceAhead)
                 {
                     _announceAhead = false;
                     return new LinkTake(0, 0, null, Idle: true, 0, 0);
@@ -842,8 +860,7 @@ internal sealed partial class PeerLink
             _queue.Dequeue();
             if (!marker.Begin)
             {
-                _resyncActive = false;
-                NoteStateLocked();
+                MoveLocked(LinkEvent.EndResync);
                 _releaseBlockedAt = _nextSeq - 1;
                 ReleaseBlockedIfDurableLocked();
             }
@@ -897,26 +914,29 @@ internal sealed partial class PeerLink
     }
 
     /// <summary>
-    /// Leaves ahead once the link has drained: nothing queued and at most a quarter of the bound still in flight
+    /// Leaves ahead once the link has drained: nothing queued and at most <see cref="LocksAndLimits.LeaveAheadInFlight"/> still in flight
     /// (the peer is keeping up again). Until now the peer got a write-ordered prefix; from here the dropped ranges
     /// come back as resync records between a Begin and an End marker (the peer is inconsistent meanwhile), and the
     /// Begin goes first, before any new write.
     /// </summary>
     private void MaybeLeaveAheadLocked()
     {
-        if (!_ahead || _queue.Count != 0 || _inflightBytes > MaxQueueBytes / 4)
+        if (!_state.Ahead || _queue.Count != 0 || _inflightBytes > LocksAndLimits.LeaveAheadInFlight(MaxQueueBytes))
         {
             return;
         }
 
-        _ahead = false;
-        if (!_resyncActive && !_bitmap.IsEmpty)
+        if (!_state.Resyncing && !_bitmap.IsEmpty)
         {
+            // One transition: the link reports ahead -> syncsource, never a connected in between.
             _resyncReason = "async link drained after running ahead: the dropped writes";
+            MoveLocked(LinkEvent.LeaveAheadIntoResync);
             BeginResyncLocked(full: false);
         }
-
-        NoteStateLocked();
+        else
+        {
+            MoveLocked(LinkEvent.LeaveAhead);
+        }
     }
 
     /// <summary>A resync took these chunks out of the bitmap: they stay set on disk until its records are safe.</summary>
@@ -945,7 +965,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming)
+            if (!_state.Streaming)
             {
                 return true;
             }
@@ -985,6 +1005,7 @@ internal sealed partial class PeerLink
             }
 
             ReleaseBlockedIfDurableLocked();
+            SignalChangedLocked();
         }
 
         _al?.NotifyProgress();
@@ -1007,12 +1028,12 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || _ahead)
+            if (!_state.Streaming || _state.Ahead)
             {
                 return false;
             }
 
-            if (_resyncActive)
+            if (_state.Resyncing)
             {
                 return true; // begun when the stream was accepted or when ahead ended
             }
@@ -1029,8 +1050,7 @@ internal sealed partial class PeerLink
 
     private void BeginResyncLocked(bool full)
     {
-        _resyncActive = true;
-        NoteStateLocked();
+        MoveLocked(LinkEvent.BeginResync);
         _resyncFull = full;
         _resyncTotal = _bitmap.DirtyBytes;
         _resyncDone = 0;
@@ -1060,7 +1080,7 @@ internal sealed partial class PeerLink
     {
         offset = 0;
         length = 0;
-        if (!_streaming || !_resyncActive || _ahead)
+        if (!_state.Streaming || !_state.Resyncing || _state.Ahead)
         {
             return false;
         }
@@ -1078,6 +1098,7 @@ internal sealed partial class PeerLink
         }
 
         _resyncCursor = offset + length;
+        SignalChangedLocked();
         return true;
     }
 
@@ -1086,7 +1107,7 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || !_resyncActive)
+            if (!_state.Streaming || !_state.Resyncing)
             {
                 _bitmap.Mark(offset, length);
                 return;
@@ -1119,12 +1140,12 @@ internal sealed partial class PeerLink
     {
         lock (_gate)
         {
-            if (!_streaming || !_resyncActive)
+            if (!_state.Streaming || !_state.Resyncing)
             {
                 return true;
             }
 
-            if (!_bitmap.IsEmpty || _ahead || _unsettledResyncProbes.Count > 0)
+            if (!_bitmap.IsEmpty || _state.Ahead || _probes.AnyUnsettled)
             {
                 return false;
             }
@@ -1138,15 +1159,15 @@ internal sealed partial class PeerLink
     }
 
     /// <summary>
-    /// Waits until at most <paramref name="fill"/> bytes (and at most half the bound) are queued or in flight to the
+    /// Waits until at most <paramref name="fill"/> bytes (and at most <see cref="LocksAndLimits.ResyncFillCap"/>) are queued or in flight to the
     /// peer, or the stream ends: the resync's fill target (how much of its data may stand in front of a new write).
     /// </summary>
     public Task WaitForResyncSpaceAsync(long fill, CancellationToken cancellationToken)
     {
-        fill = Math.Min(fill, MaxQueueBytes / 2);
+        fill = Math.Min(fill, LocksAndLimits.ResyncFillCap(MaxQueueBytes));
         lock (_gate)
         {
-            if (!_streaming || _queuedBytes + _inflightBytes <= fill)
+            if (!_state.Streaming || _queuedBytes + _inflightBytes <= fill)
             {
                 return Task.CompletedTask;
             }
@@ -1171,7 +1192,7 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming && NothingOutstandingLocked();
+                return _state.Streaming && NothingOutstandingLocked();
             }
         }
     }
@@ -1186,13 +1207,13 @@ internal sealed partial class PeerLink
         {
             lock (_gate)
             {
-                return _streaming ? NothingOutstandingLocked() : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
+                return _state.Streaming ? NothingOutstandingLocked() : _drainedAtClose && _bitmap.IsEmpty && _durable == _nextSeq - 1;
             }
         }
     }
 
     private bool NothingOutstandingLocked() =>
-        _accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_resyncActive;
+        _state.Accepted && _queue.Count == 0 && _unacked.Count == 0 && _bitmap.IsEmpty && _durable == _nextSeq - 1 && !_state.Resyncing;
 
     public bool HasDirty
     {
@@ -1254,7 +1275,7 @@ internal sealed partial class PeerLink
                 WireBytes: Interlocked.Read(ref _wireBytes),
                 Batches: Interlocked.Read(ref _batches),
                 Records: Interlocked.Read(ref _records),
-                ResyncActive: _resyncActive,
+                ResyncActive: _state.Resyncing,
                 ResyncTotalBytes: _resyncTotal,
                 ResyncDoneBytes: _resyncDone,
                 ResyncFull: _resyncFull,
@@ -1273,16 +1294,218 @@ internal sealed partial class PeerLink
         }
     }
 
+    // ---- checksum probes (online verify, checksum resync): queued in order with the records --------------
+
+    /// <summary>The peer answers checksum probes (it announced the feature in its handshake reply); set per stream.</summary>
+    public bool PeerChecksums
+    {
+        get => _peerChecksums;
+        set
+        {
+            lock (_gate)
+            {
+                _peerChecksums = value;
+                SignalChangedLocked();
+            }
+        }
+    }
+
+    /// <summary>Probes queued, hash bytes received, and resync bytes not sent because the hashes matched.</summary>
+    public (long Requests, long ReplyBytes, long EqualBytes) ChecksumCounters
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _probes.Counters;
+            }
+        }
+    }
+
+    /// <summary>A checksum resync's probe is not settled yet (the resync cannot end before it is).</summary>
+    public bool ResyncProbesOutstanding
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _probes.AnyUnsettled;
+            }
+        }
+    }
+
+    /// <summary>Why a probe cannot be queued now, or null when it can.</summary>
+    public string? ProbeRefusal()
+    {
+        lock (_gate)
+        {
+            return ProbeRefusalLocked();
+        }
+    }
+
+    private string? ProbeRefusalLocked() =>
+        !_state.Streaming || !_state.Accepted ? "the peer is not connected"
+        : _state.Ahead ? "the link is ahead (async queue overflowed); the peer is behind"
+        : !_peerChecksums ? "the peer does not answer checksum requests (an older version)"
+        : null;
+
+    /// <summary>
+    /// Queues a probe in order with the records. Called under the volume's ordering lock, right after this node
+    /// read the range. False (and, for a resync probe, its range back in the bitmap) when there is no usable stream.
+    /// For a verify probe, records which chunks may differ legitimately now: dirty in the bitmap, or under a
+    /// checksum resync probe that is not settled yet.
+    /// </summary>
+    public bool TryQueueProbe(ChecksumProbe probe)
+    {
+        lock (_gate)
+        {
+            if (ProbeRefusalLocked() is not null || (probe.Resync && !_state.Resyncing))
+            {
+                if (probe.Resync)
+                {
+                    _bitmap.Mark(probe.Offset, probe.Length);
+                    SignalChangedLocked();
+                }
+
+                return false;
+            }
+
+            if (!probe.Resync)
+            {
+                var dirty = new bool[probe.Chunks];
+                for (var i = 0; i < dirty.Length; i++)
+                {
+                    var start = probe.Offset + ((long)i * probe.ChunkBytes);
+                    var end = Math.Min(probe.Offset + probe.Length, start + probe.ChunkBytes);
+                    for (var c = start >> DirtyBitmap.ChunkShift; c <= (end - 1) >> DirtyBitmap.ChunkShift && !dirty[i]; c++)
+                    {
+                        dirty[i] = _bitmap.IsSet(c);
+                    }
+
+                    dirty[i] |= _probes.OverlapsUnsettled(start, end);
+                }
+
+                probe.DirtyAtProbe = dirty;
+            }
+
+            _probes.Add(probe);
+            probe.SeqBefore = _nextSeq - 1;
+            _queue.Enqueue(new LinkItem { Probe = probe, EnqueuedAt = Stopwatch.GetTimestamp() });
+            WakeShipperLocked();
+            return true;
+        }
+    }
+
+    /// <summary>The peer's answer to a probe. False when no such probe is outstanding or the hash count is wrong (a protocol violation).</summary>
+    public bool OnChecksumReply(ulong id, ReadOnlySpan<byte> hashes)
+    {
+        lock (_gate)
+        {
+            return _probes.TryAnswer(id, hashes);
+        }
+    }
+
+    /// <summary>
+    /// A resync probe was compared: its differing ranges go back to the bitmap (the data pass sends them), the rest
+    /// counts as done. Ignored when a stream close already put the whole range back.
+    /// </summary>
+    public void SettleResyncProbe(ChecksumProbe probe, IReadOnlyList<(long Offset, long Length)> differing)
+    {
+        lock (_gate)
+        {
+            long differ = 0;
+            foreach (var (_, length) in differing)
+            {
+                differ += length;
+            }
+
+            if (!_probes.TrySettle(probe, equalBytes: probe.Length - differ))
+            {
+                return;
+            }
+
+            foreach (var (offset, length) in differing)
+            {
+                _bitmap.Mark(offset, length);
+            }
+
+            if (differ > 0)
+            {
+                _holesMaySkip = false; // the peer holds data here: a hole on this side must go over as a zero range
+            }
+
+            // The equal chunks' bits are clear in memory now. On disk they may clear only once the peer's copy is
+            // durable: the peer made it durable with the first fdatasync it ran after hashing, which a durable ack
+            // of any record after the probe proves (a superset stays on disk until then, never less).
+            _lastResyncSeq = Math.Max(_lastResyncSeq, probe.SeqBefore + 1);
+            _resyncDone += probe.Length - differ;
+            SignalChangedLocked();
+        }
+    }
+
+    /// <summary>
+    /// Takes the next dirty run for a checksum probe, without wrapping to the start: ranges that a probe found
+    /// different are marked behind the cursor and must be left to the data pass, not probed again.
+    /// </summary>
+    public bool TakeChecksumRun(int maxBytes, out long offset, out int length)
+    {
+        lock (_gate)
+        {
+            return TakeRunLocked(maxBytes, mayWrap: false, out offset, out length); // wrapped around: the probing pass is over
+        }
+    }
+
+    // ---- reads through the peer (a diskless primary, DRBD's on-io-error detach) -----------------------------
+
+    /// <summary>The peer announced it answers ReadRequest frames (set at each accepted handshake).</summary>
+    public bool PeerServesReads { get; set; }
+
+    /// <summary>
+    /// Queues a read of the peer's image behind every record queued so far: the data it returns includes them.
+    /// Fails at once when no stream can carry it.
+    /// </summary>
+    public Task<byte[]> RequestRead(long offset, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, MaxPeerRead);
+        lock (_gate)
+        {
+            if (!_state.Streaming || !_state.Accepted || !PeerServesReads)
+            {
+                return Task.FromException<byte[]>(new BlockImageException("the local disk is detached (diskless) and the peer cannot serve reads now", Native.LibC.EIO));
+            }
+
+            var read = _reads.Add(offset, length);
+            _queue.Enqueue(new LinkItem { Read = read, EnqueuedAt = Stopwatch.GetTimestamp() });
+            WakeShipperLocked();
+            return read.Done.Task;
+        }
+    }
+
+    /// <summary>The peer's answer to a read. False when no such read is outstanding or the length is wrong.</summary>
+    public bool OnReadReply(ulong id, ReadOnlySpan<byte> data, string error)
+    {
+        PeerRead? read;
+        lock (_gate)
+        {
+            if (!_reads.TryTake(id, out read))
+            {
+                return false;
+            }
+        }
+
+        return PeerReads.Complete(read, data, error);
+    }
+
     private void ReleaseSpaceLocked()
     {
-        if (_queuedBytes <= MaxQueueBytes / 2)
+        if (_queuedBytes <= LocksAndLimits.SyncWritersResume(MaxQueueBytes))
         {
             ReleaseAllLocked(_spaceWaiters);
         }
 
         for (var i = _resyncSpaceWaiters.Count - 1; i >= 0; i--)
         {
-            if (!_streaming || _queuedBytes + _inflightBytes <= _resyncSpaceWaiters[i].Fill)
+            if (!_state.Streaming || _queuedBytes + _inflightBytes <= _resyncSpaceWaiters[i].Fill)
             {
                 _resyncSpaceWaiters[i].Done.TrySetResult();
                 _resyncSpaceWaiters.RemoveAt(i);
@@ -1300,7 +1523,7 @@ internal sealed partial class PeerLink
         waiters.Clear();
     }
 
-    private static int Cost(int payloadLength) => Math.Max(payloadLength, MinRecordCost);
+    private static int Cost(int payloadLength) => Math.Max(payloadLength, LocksAndLimits.MinRecordCost);
 
     private static void ReturnPayload(LinkItem item)
     {

@@ -17,18 +17,18 @@ public sealed record ResyncSettings
     public long MaxBytesPerSecond { get; init; }
 
     /// <summary>The rate the resync keeps while the application writes, bytes per second (0: no pacing).</summary>
-    public long MinBytesPerSecond { get; init; } = 64L << 20;
+    public long MinBytesPerSecond { get; init; } = LocksAndLimits.ResyncMinBytesPerSecond;
 
     /// <summary>Application writes this recent make the resync yield.</summary>
-    public TimeSpan BusyWindow { get; init; } = TimeSpan.FromMilliseconds(100);
+    public TimeSpan BusyWindow { get; init; } = LocksAndLimits.ResyncBusyWindow;
 
-    public int IdleRunBytes { get; init; } = 1 << 20;
+    public int IdleRunBytes { get; init; } = LocksAndLimits.ResyncIdleRunBytes;
 
-    public long IdleFillBytes { get; init; } = 16L << 20;
+    public long IdleFillBytes { get; init; } = LocksAndLimits.ResyncIdleFillBytes;
 
-    public int BusyRunBytes { get; init; } = 64 << 10;
+    public int BusyRunBytes { get; init; } = LocksAndLimits.ResyncBusyRunBytes;
 
-    public long BusyFillBytes { get; init; } = 64 << 10;
+    public long BusyFillBytes { get; init; } = LocksAndLimits.ResyncBusyFillBytes;
 
     public static ResyncSettings Default { get; } = new();
 }

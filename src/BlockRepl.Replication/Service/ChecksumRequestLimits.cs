@@ -11,10 +11,10 @@ internal static class ChecksumRequestLimits
     public const int MaxChunk = Volume.MaxProbeBytes;
 
     /// <summary>Largest range one request covers: the receiver reads it into one buffer (so at most 1024 chunks of the smallest size).</summary>
-    public const int MaxLength = 4 * 1024 * 1024;
+    public const int MaxLength = LocksAndLimits.MaxChecksumRequestBytes;
 
     /// <summary>Replies waiting for the ack loop before the apply loop waits too.</summary>
-    public const int MaxQueuedReplies = 64;
+    public const int MaxQueuedReplies = LocksAndLimits.MaxQueuedChecksumReplies;
 
     /// <summary>Why the request is out of bounds, or null.</summary>
     public static string? Check(ChecksumRequest request, long volumeSize)

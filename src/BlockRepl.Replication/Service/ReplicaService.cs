@@ -201,7 +201,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
     }
 
     /// <summary>At most this many dirty runs go in a handshake reply (about 2 MiB); more are widened (a superset).</summary>
-    private const int MaxDirtyPairs = 128 * 1024;
+    private const int MaxDirtyPairs = LocksAndLimits.MaxDirtyPairs;
 
     private (HandshakeReply Reply, Volume? Volume, string Decision) Decide(Handshake h)
     {
@@ -454,7 +454,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         /// </summary>
         private async Task AnswerReadRequestAsync(ReadRequest request, CancellationToken token)
         {
-            if (request.Length == 0 || request.Length > 1024 * 1024 || request.Offset > (ulong)volume.Size || request.Length > (ulong)volume.Size - request.Offset)
+            if (request.Length == 0 || request.Length > LocksAndLimits.MaxPeerRead || request.Offset > (ulong)volume.Size || request.Length > (ulong)volume.Size - request.Offset)
             {
                 throw new ReplicationProtocolException(StatusCode.InvalidArgument,
                     $"read request {request.Id}: {request.Offset}+{request.Length} is outside the {volume.Size}-byte volume or over 1 MiB");

@@ -5,17 +5,14 @@ internal sealed record ReplicationSettings
 {
     public const uint ProtocolVersion = 1;
 
-    /// <summary>
-    /// Largest uncompressed batch a receiver accepts. Senders pack at most <see cref="SoftBatchBytes"/> plus one
-    /// record of at most 1 MiB, so 4 MiB is ample, and a compressed batch always fits <see cref="MaxMessageBytes"/>.
-    /// </summary>
-    public const int MaxBatchBytes = 4 * 1024 * 1024;
+    /// <summary>Largest uncompressed batch a receiver accepts (<see cref="LocksAndLimits.MaxBatchBytes"/>).</summary>
+    public const int MaxBatchBytes = Core.LocksAndLimits.MaxBatchBytes;
 
-    /// <summary>A sender stops adding records to a batch once it holds this much (group commit, bounded).</summary>
-    public const int SoftBatchBytes = 1024 * 1024;
+    /// <summary>A sender stops adding records to a batch once it holds this much (<see cref="LocksAndLimits.SoftBatchBytes"/>).</summary>
+    public const int SoftBatchBytes = Core.LocksAndLimits.SoftBatchBytes;
 
-    /// <summary>The gRPC message limit on the replication port (LZ4's bound of a 4 MiB batch plus framing).</summary>
-    public const int MaxMessageBytes = 5 * 1024 * 1024;
+    /// <summary>The gRPC message limit on the replication port (<see cref="LocksAndLimits.MaxMessageBytes"/>).</summary>
+    public const int MaxMessageBytes = Core.LocksAndLimits.MaxMessageBytes;
 
     /// <summary>A peer that sends nothing (not even a keepalive) for this long is dead; the stream ends.</summary>
     public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(2);

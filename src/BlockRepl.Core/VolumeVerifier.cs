@@ -28,7 +28,8 @@ public sealed record VerifyResult(
 }
 
 /// <summary>
-/// Online verify and checksum resync: chunk hashes of both images compared at one position of the stream.
+/// Online verify and the probing pass of checksum resync, for one <see cref="Volume"/> (which owns it): chunk hashes
+/// of both images compared at one position of the stream.
 /// </summary>
 /// <remarks>
 /// Why a verify has no false positives from writes in flight: the probe for a range is queued in the same
@@ -42,27 +43,21 @@ public sealed record VerifyResult(
 /// SHA-256 comes from the runtime (System.IO.Hashing is not served here) and runs on the SHA extensions of the
 /// CPU; a cryptographic hash also means a chunk cannot be made to collide by the data a guest writes.
 /// </remarks>
-public sealed partial class Volume
+internal sealed class VolumeVerifier(Volume volume, Lock order, BlockImage image)
 {
-    /// <summary>Default chunk a verify compares (and reports differences in).</summary>
-    public const int DefaultVerifyChunk = 64 * 1024;
+    private const int MaxProbeBytes = LocksAndLimits.MaxProbeBytes;
 
-    /// <summary>Chunk a checksum resync compares: a differing byte costs this much data on the wire.</summary>
-    public const int ChecksumResyncChunk = 64 * 1024;
+    private const int ChecksumResyncChunk = Volume.ChecksumResyncChunk;
 
-    /// <summary>Largest range one probe covers (the peer rejects more); also the read buffer of a verify.</summary>
-    public const int MaxProbeBytes = 1024 * 1024;
-
-    /// <summary>Probes outstanding at once: bounds the peer's work queue and the hashes held here.</summary>
-    private const int MaxOutstandingProbes = 8;
+    private const int MaxOutstandingProbes = LocksAndLimits.MaxOutstandingProbes;
 
     private static readonly TimeSpan RepairWait = TimeSpan.FromMinutes(10);
 
     /// <summary>
-    /// Differing chunks a verify holds before it stops (8 MiB of offsets): past this the images are not "nearly
-    /// identical" and a full resync is the repair, not a list of ranges.
+    /// Differing chunks a verify holds before it stops (<see cref="LocksAndLimits.MaxDifferingChunks"/>): past this the
+    /// images are not "nearly identical" and a full resync is the repair, not a list of ranges.
     /// </summary>
-    private const int MaxDifferingChunks = 1 << 20;
+    private const int MaxDifferingChunks = LocksAndLimits.MaxDifferingChunks;
 
     private int _verifyRunning;
     private volatile VerifyResult? _lastVerify;
@@ -92,8 +87,8 @@ public sealed partial class Volume
 
         try
         {
-            var link = _link;
-            var refusal = _role != VolumeRole.Primary ? $"this node is {_role.Name()}: run verify on the primary"
+            var link = volume.Link;
+            var refusal = volume.Role != VolumeRole.Primary ? $"this node is {volume.Role.Name()}: run verify on the primary"
                 : link is null ? "no peer is configured"
                 : link.ResyncActive || link.HasDirty ? "a resync is due or running: verify once the peer is connected and in sync"
                 : link.ProbeRefusal();
@@ -102,8 +97,8 @@ public sealed partial class Volume
                 return _lastVerify = Refused(refusal);
             }
 
-            log($"verify of {Size} bytes in {chunkBytes}-byte chunks started{(repair ? " (with repair)" : "")}");
-            var pass = await CompareAsync(link!, [new VolumeRange(0, Size)], chunkBytes, cancellationToken).ConfigureAwait(false);
+            log($"verify of {volume.Size} bytes in {chunkBytes}-byte chunks started{(repair ? " (with repair)" : "")}");
+            var pass = await CompareAsync(link!, [new VolumeRange(0, volume.Size)], chunkBytes, cancellationToken).ConfigureAwait(false);
             var result = new VerifyResult(pass.Error is null, pass.Error ?? "", started, DateTimeOffset.UtcNow, chunkBytes, pass.Bytes, pass.Chunks,
                 pass.Skipped, pass.Differing, repair, pass.Differing);
             log(Describe(result, "verify"));
@@ -123,7 +118,7 @@ public sealed partial class Volume
 
     private async Task<VerifyResult> RepairAsync(PeerLink link, VerifyResult found, Action<string> log, CancellationToken cancellationToken)
     {
-        lock (_order)
+        lock (order)
         {
             foreach (var range in found.Differing)
             {
@@ -140,7 +135,7 @@ public sealed partial class Volume
         }
         catch (IOException ex)
         {
-            ReportError($"verify repair: could not write the bitmap ({ex.Message}); the ranges are resynced, but a crash before that ends forgets them");
+            volume.ReportError($"verify repair: could not write the bitmap ({ex.Message}); the ranges are resynced, but a crash before that ends forgets them");
         }
 
         var bytes = found.Differing.Sum(r => r.Length);
@@ -148,15 +143,9 @@ public sealed partial class Volume
 
         // The marks make the resync loop begin a resync; it is over when no bit is dirty and its End marker has
         // gone out. A probe queued after that comes after every resync record in the stream.
-        var deadline = DateTime.UtcNow + RepairWait;
-        while (link.HasDirty || link.ResyncActive || link.ProbeRefusal() is not null)
+        if (!await link.WaitUntilAsync(l => !l.HasDirty && !l.ResyncActive && l.ProbeRefusal() is null, RepairWait, cancellationToken).ConfigureAwait(false))
         {
-            if (DateTime.UtcNow > deadline)
-            {
-                return found with { Done = false, Reason = $"the resync of the differing ranges did not finish within {RepairWait.TotalMinutes:0} minutes", FinishedAt = DateTimeOffset.UtcNow };
-            }
-
-            await Task.Delay(50, cancellationToken).ConfigureAwait(false);
+            return found with { Done = false, Reason = $"the resync of the differing ranges did not finish within {RepairWait.TotalMinutes:0} minutes", FinishedAt = DateTimeOffset.UtcNow };
         }
 
         var again = await CompareAsync(link, found.Differing, found.ChunkBytes, cancellationToken).ConfigureAwait(false);
@@ -256,15 +245,15 @@ public sealed partial class Volume
                     var length = (int)Math.Min(window, range.End - pos);
                     var probe = new ChecksumProbe(pos, length, chunkBytes, resync: false);
                     string? refused = null;
-                    lock (_order)
+                    lock (order)
                     {
-                        if (_role != VolumeRole.Primary)
+                        if (volume.Role != VolumeRole.Primary)
                         {
                             refused = "this node stopped being primary";
                         }
                         else
                         {
-                            _image.Read(pos, buffer.AsSpan(0, length));
+                            image.Read(pos, buffer.AsSpan(0, length));
                             if (!link.TryQueueProbe(probe))
                             {
                                 refused = link.ProbeRefusal() ?? "the link refused the checksum request";
@@ -301,7 +290,7 @@ public sealed partial class Volume
         }
 
         differingChunks.Sort();
-        return new ComparePass(bytes, chunks, skipped, Merge(differingChunks, chunkBytes, Size), error);
+        return new ComparePass(bytes, chunks, skipped, Merge(differingChunks, chunkBytes, volume.Size), error);
     }
 
     /// <summary>Adjacent differing chunks become one range; the last chunk ends at the volume's end.</summary>
@@ -344,14 +333,14 @@ public sealed partial class Volume
     /// </summary>
     internal byte[] HashRangeForPeer(long offset, int length, int chunkBytes, byte[] buffer)
     {
-        if (offset < 0 || length <= 0 || length > buffer.Length || offset > Size - length)
+        if (offset < 0 || length <= 0 || length > buffer.Length || offset > volume.Size - length)
         {
-            throw new ArgumentOutOfRangeException(nameof(offset), $"{offset}+{length} is outside the {Size}-byte volume or the buffer");
+            throw new ArgumentOutOfRangeException(nameof(offset), $"{offset}+{length} is outside the {volume.Size}-byte volume or the buffer");
         }
 
-        lock (_order)
+        lock (order)
         {
-            _image.Read(offset, buffer.AsSpan(0, length));
+            image.Read(offset, buffer.AsSpan(0, length));
         }
 
         return HashChunks(buffer.AsSpan(0, length), chunkBytes);
@@ -360,12 +349,12 @@ public sealed partial class Volume
     /// <summary>
     /// The probing pass of a checksum resync: every dirty run (up to <see cref="MaxProbeBytes"/>) is read under the
     /// ordering lock and probed instead of sent; the chunks whose hashes differ go back to the bitmap, and the data
-    /// pass (<see cref="RunResyncAsync"/>) that follows sends only those. Runs that are holes here go over as zero
+    /// pass (<see cref="Volume.RunResyncAsync"/>) that follows sends only those. Runs that are holes here go over as zero
     /// ranges at once (a header, no data). Returns when every probe is settled or the stream ended.
     /// </summary>
     internal async Task RunChecksumPassAsync(bool full, Action<string> log, CancellationToken cancellationToken)
     {
-        var link = _link!;
+        var link = volume.Link!;
         if (!link.PeerChecksums)
         {
             log("checksum resync: the peer does not answer checksum requests (an older version); sending the data");
@@ -419,16 +408,16 @@ public sealed partial class Volume
             while (true)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                await link.WaitForResyncSpaceAsync(_resync.IdleFillBytes, cancellationToken).ConfigureAwait(false);
+                await link.WaitForResyncSpaceAsync(volume.Resync.IdleFillBytes, cancellationToken).ConfigureAwait(false);
                 await slots.WaitAsync(cancellationToken).ConfigureAwait(false);
                 ChecksumProbe? probe = null;
                 bool took;
-                lock (_order)
+                lock (order)
                 {
                     took = link.TakeChecksumRun(MaxProbeBytes, out var offset, out var length);
                     if (took)
                     {
-                        var count = _image.GetExtents(offset, length, extents);
+                        var count = image.GetExtents(offset, length, extents);
                         if (count > 0 && extents[0].IsHole && extents[0].Offset <= offset && extents[0].End >= offset + length)
                         {
                             link.SubmitResync(offset, length, default, skip: false);
@@ -437,7 +426,7 @@ public sealed partial class Volume
                         {
                             try
                             {
-                                _image.Read(offset, buffer.AsSpan(0, length));
+                                image.Read(offset, buffer.AsSpan(0, length));
                             }
                             catch (BlockImageException)
                             {
