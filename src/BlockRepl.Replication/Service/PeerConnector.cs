@@ -210,8 +210,10 @@ internal sealed class PeerConnector : IAsyncDisposable
         {
             await Task.WhenAll(tasks).ConfigureAwait(false);
         }
-        catch (Exception) when (first.IsCompletedSuccessfully || first.IsCanceled || stop.IsCancellationRequested)
+        catch (Exception) when (silent || first.IsCompletedSuccessfully || first.IsCanceled || stop.IsCancellationRequested)
         {
+            // The other loops only failed because the stream was cancelled under them (Grpc.Net.Client reports a
+            // cancelled call as RpcException(Cancelled)): the outcome is judged below, from silence and the first.
         }
 
         if (_volume.Role != CoreRole.Primary && !stop.IsCancellationRequested)
