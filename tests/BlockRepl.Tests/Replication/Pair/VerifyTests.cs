@@ -191,7 +191,7 @@ public sealed class VerifyTests(ITestOutputHelper output)
         var load = Tool.RunAsync("fio",
         [
             "--name=load", "--ioengine=nbd", $"--uri=nbd+unix:///vol?socket={a.UnixSocketPath}", "--rw=randwrite", "--bs=4k", "--iodepth=32",
-            "--size=64M", "--time_based", "--runtime=15", "--randrepeat=0", "--output-format=json",
+            "--rate_iops=4000", "--size=64M", "--time_based", "--runtime=15", "--randrepeat=0", "--output-format=json",
         ], Tool.DefaultTimeout);
         await Task.Delay(1000);
         var besideFio = 0;
@@ -200,10 +200,12 @@ public sealed class VerifyTests(ITestOutputHelper output)
         {
             var writesBefore = (await ReplicaPair.VolumeAsync(a)).GetProperty("counters").GetProperty("writes").GetInt64();
             var attempt = await ReplicaPair.CliAsync(a, ["verify", "--json", "--chunk", "4K"]);
-            if (attempt.ExitCode == 1 && attempt.Stderr.Contains("a resync is due or running", StringComparison.Ordinal))
+            if (attempt.ExitCode == 1 && (attempt.Stderr.Contains("a resync is due or running", StringComparison.Ordinal)
+                || attempt.Stderr.Contains("the link is ahead", StringComparison.Ordinal)))
             {
-                // On a busy machine the async link may overflow its queue and go ahead; a verify is then refused
-                // (correctly) until the resync ends. Try again: only verifies that ran are judged.
+                // The async link may overflow its queue under this load (the secondary also hashes in its apply
+                // loop) and go ahead; a verify is then refused or stopped (correctly) until the resync ends. Try
+                // again: only verifies that ran are judged.
                 refused++;
                 output.WriteLine($"verify refused while the link resyncs ({refused})");
                 await Task.Delay(500);
@@ -217,13 +219,13 @@ public sealed class VerifyTests(ITestOutputHelper output)
             Assert.Empty(Ranges(run.Report, "differing"));
             Assert.True(run.Report.GetProperty("chunksCompared").GetInt64() + run.Report.GetProperty("dirtyChunksSkipped").GetInt64() == 16384,
                 $"not every 4 KiB chunk was accounted for: {run.Result}");
-            Assert.True(writesAfter > writesBefore, "no write reached the primary while the verify ran");
-            besideFio += load.IsCompleted ? 0 : 1;
+            besideFio += writesAfter > writesBefore && !load.IsCompleted ? 1 : 0;
             i++;
         }
 
         // Each verify is three CLI processes (status, verify, status): on a busy machine fio may end during the third.
-        Assert.True(besideFio >= 2, $"only {besideFio} verifies ran from start to end beside fio ({refused} refused during a resync)");
+        // A verify counts when writes reached the primary while it ran and fio was still writing at its end.
+        Assert.True(besideFio >= 2, $"only {besideFio} verifies ran from start to end beside fio's writes ({refused} refused during a resync)");
         (await load).EnsureSuccess();
         await ReplicaPair.WaitInSyncAsync(a);
         var (hashA, hashB) = await pair.StopAndHashAsync();
