@@ -4,8 +4,6 @@ using BlockRepl.Core;
 using BlockRepl.Iscsi;
 using BlockRepl.Nbd;
 using BlockRepl.Replication.Service;
-using BlockRepl.Replication.V1;
-using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;

@@ -24,7 +24,7 @@ public sealed class GrpcInteropTests
     public async Task NodeClient_AgainstOurServer_UnaryAndBidiSucceed()
     {
         await NodeInterop.EnsureInstalledAsync();
-        await using var server = await LoopbackGrpcServer.StartAsync(_ => { }, e => e.MapGrpcService<EchoService>());
+        await using var server = await LoopbackGrpcServer.StartAsync(e => e.MapGrpcService<EchoService>());
 
         var result = await Tool.RunAsync(
             NodeInterop.Node,

@@ -27,13 +27,12 @@ internal sealed class LoopbackGrpcServer : IAsyncDisposable
 
     public GrpcChannel Channel { get; }
 
-    public static async Task<LoopbackGrpcServer> StartAsync(Action<IServiceCollection> services, Action<IEndpointRouteBuilder> map)
+    public static async Task<LoopbackGrpcServer> StartAsync(Action<IEndpointRouteBuilder> map)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(new IPEndPoint(IPAddress.Loopback, 0), l => l.Protocols = HttpProtocols.Http2));
         builder.Services.AddGrpc();
-        services(builder.Services);
         var app = builder.Build();
         map(app);
         await app.StartAsync();
