@@ -241,18 +241,11 @@ internal sealed partial class ChildProcess : IAsyncDisposable
             return;
         }
 
-        List<TaskCompletionSource<string>> matched = [];
+        List<TaskCompletionSource<string>> matched;
         lock (_gate)
         {
             _stdoutLines.Add(line);
-            for (var i = _waiters.Count - 1; i >= 0; i--)
-            {
-                if (_waiters[i].Match(line))
-                {
-                    matched.Add(_waiters[i].Found);
-                    _waiters.RemoveAt(i);
-                }
-            }
+            matched = TakeMatchesLocked(_waiters, line);
         }
 
         foreach (var found in matched)
@@ -269,24 +262,34 @@ internal sealed partial class ChildProcess : IAsyncDisposable
             return;
         }
 
-        List<TaskCompletionSource<string>> matched = [];
+        List<TaskCompletionSource<string>> matched;
         lock (_gate)
         {
             _stderr.AppendLine(line);
-            for (var i = _stderrWaiters.Count - 1; i >= 0; i--)
-            {
-                if (_stderrWaiters[i].Match(line))
-                {
-                    matched.Add(_stderrWaiters[i].Found);
-                    _stderrWaiters.RemoveAt(i);
-                }
-            }
+            matched = TakeMatchesLocked(_stderrWaiters, line);
         }
 
         foreach (var found in matched)
         {
             found.TrySetResult(line);
         }
+    }
+
+    /// <summary>Removes the waiters that <paramref name="line"/> satisfies; they are completed outside the lock.</summary>
+    private static List<TaskCompletionSource<string>> TakeMatchesLocked(
+        List<(Func<string, bool> Match, TaskCompletionSource<string> Found)> waiters, string line)
+    {
+        List<TaskCompletionSource<string>> matched = [];
+        for (var i = waiters.Count - 1; i >= 0; i--)
+        {
+            if (waiters[i].Match(line))
+            {
+                matched.Add(waiters[i].Found);
+                waiters.RemoveAt(i);
+            }
+        }
+
+        return matched;
     }
 
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
