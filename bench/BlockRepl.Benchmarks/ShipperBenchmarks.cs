@@ -47,7 +47,7 @@ public class ShipperBenchmarks
     [Benchmark]
     public async Task<int> SubmitTakeCompressAck()
     {
-        Task? last = null;
+        WriteWaiter? last = null;
         for (var i = 0; i < Writes; i++)
         {
             last = _link.Submit(JournalRecordKind.Write, (long)i * WriteSize, WriteSize, _payload, fua: false) ?? last;
@@ -59,7 +59,7 @@ public class ShipperBenchmarks
         _link.OnAck(seq, seq, seq);
         if (last is not null)
         {
-            await last.ConfigureAwait(false);
+            await last.AsValueTask().ConfigureAwait(false);
         }
 
         return length;

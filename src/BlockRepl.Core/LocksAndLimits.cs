@@ -20,10 +20,13 @@ namespace BlockRepl.Core;
 ///                                  in-memory bitmap, probes, peer reads
 /// 6  CoalescingFlush._gate         flush rounds                                   none
 /// 7  MetaFile._gate                the NAME.meta slots                            none
+/// 8  WriteWaiterPool._gate         the free list of write waiters                 none
 /// </code>
 /// <para>Callbacks out of a lock: the activity log's <c>NotifyProgress</c> and <c>Commit</c> run after the link's
-/// lock is released (thread pool), and waiters' continuations run asynchronously
-/// (<see cref="TaskCreationOptions.RunContinuationsAsynchronously"/>), so no continuation runs under a lock.</para>
+/// lock is released (thread pool). Waiters' continuations run asynchronously
+/// (<see cref="TaskCreationOptions.RunContinuationsAsynchronously"/>), except a write acknowledged by the peer: its
+/// waiter is completed after the link's lock is released, inline on the ack loop's thread (one thread-pool hop less
+/// per sync write). No continuation runs under a lock.</para>
 /// <para><b>Backpressure thresholds.</b> The send queue bound B is <c>serve --send-queue</c> (at least
 /// <see cref="MinSendQueueBytes"/>).</para>
 /// <code>
@@ -51,12 +54,20 @@ namespace BlockRepl.Core;
 /// MaxQueuedChecksumReplies           64             a receiver's apply loop waits for its ack loop
 /// MaxDirtyPairs                      128 Ki runs    dirty runs a receiver sends back in its handshake reply
 /// ActivityLogMaxRequestExtents       16             a trim or zero range holds at most this many extents at once
+/// MaxPooledWaiters                   4096           free write waiters kept per link (more are left to the GC)
+/// MaxPooledLinkItems                 4096           free queue entries kept per link
 /// </code>
 /// </remarks>
 public static class LocksAndLimits
 {
     /// <summary>Records larger than this are split, so a batch always fits a gRPC message.</summary>
     public const int MaxRecordPayload = 1 << 20;
+
+    /// <summary>Free write waiters a link keeps for reuse (a sync write's acknowledgement allocates nothing).</summary>
+    public const int MaxPooledWaiters = 4096;
+
+    /// <summary>Free send-queue entries a link keeps for reuse.</summary>
+    public const int MaxPooledLinkItems = 4096;
 
     /// <summary>What a record counts against the queue bound at least, so trims, zero ranges and flushes are bounded too.</summary>
     public const int MinRecordCost = 4096;

@@ -344,7 +344,7 @@ public sealed partial class Volume : IDisposable
     /// <summary>The write with its activity-log extents held (when the log is on): ordering lock, record, pwrite.</summary>
     private ValueTask WriteHeld(ActivityLog? al, long offset, ReadOnlySpan<byte> data, bool fua)
     {
-        Task? peer = null;
+        WriteWaiter? peer = null;
         ulong seq = 0;
         try
         {
@@ -469,7 +469,7 @@ public sealed partial class Volume : IDisposable
 
     private ValueTask TrimNow(long offset, long length, bool fua)
     {
-        Task? peer;
+        WriteWaiter? peer;
         lock (_order)
         {
             EnsureWritable();
@@ -497,15 +497,16 @@ public sealed partial class Volume : IDisposable
         return Acknowledge(peer, fua);
     }
 
-    private ValueTask Acknowledge(Task? peer, bool fua)
+    /// <summary>What the write's caller awaits: the peer's acknowledgement (a pooled waiter, awaited once) and, for FUA, the local flush.</summary>
+    private ValueTask Acknowledge(WriteWaiter? peer, bool fua)
     {
         var local = fua ? LocalFlushAsync(peer) : null;
         return (peer, local) switch
         {
             (null, null) => ValueTask.CompletedTask,
             (null, { } l) => new ValueTask(l),
-            ({ } p, null) => new ValueTask(p),
-            ({ } p, { } l) => new ValueTask(Task.WhenAll(p, l)),
+            ({ } p, null) => p.AsValueTask(),
+            ({ } p, { } l) => new ValueTask(Task.WhenAll(p.AsValueTask().AsTask(), l)),
         };
     }
 
@@ -539,7 +540,7 @@ public sealed partial class Volume : IDisposable
     private ValueTask<bool> ZeroNow(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
     {
         var done = false;
-        Task? peer = null;
+        WriteWaiter? peer = null;
         lock (_order)
         {
             EnsureWritable();
@@ -608,7 +609,7 @@ public sealed partial class Volume : IDisposable
     public ValueTask Flush()
     {
         Counters.Flush();
-        Task? peer = null;
+        WriteWaiter? peer = null;
         if (_link is { } link && IsWritable)
         {
             lock (_order)
@@ -618,7 +619,13 @@ public sealed partial class Volume : IDisposable
         }
 
         var local = LocalFlushAsync(peer);
-        return new ValueTask(local is null ? peer ?? Task.CompletedTask : peer is null ? local : Task.WhenAll(peer, local));
+        return (peer, local) switch
+        {
+            (null, null) => ValueTask.CompletedTask,
+            (null, { } l) => new ValueTask(l),
+            ({ } p, null) => p.AsValueTask(),
+            ({ } p, { } l) => new ValueTask(Task.WhenAll(p.AsValueTask().AsTask(), l)),
+        };
     }
 
     public void Prefetch(long offset, long length)

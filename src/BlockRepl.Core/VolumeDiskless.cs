@@ -60,7 +60,7 @@ public sealed partial class Volume
     }
 
     /// <summary>While diskless, a change goes to the peer only: true (skip the local image), or EIO when the peer is away.</summary>
-    private bool SkipLocalLocked(long offset, long length, Task? peer)
+    private bool SkipLocalLocked(long offset, long length, WriteWaiter? peer)
     {
         if (!_diskless)
         {
@@ -77,7 +77,7 @@ public sealed partial class Volume
     }
 
     /// <summary>The local change failed: detach when the peer holds it (its record is queued with a sync waiter).</summary>
-    private bool TryDetachLocked(BlockImageException error, Task? peer, long offset, long length)
+    private bool TryDetachLocked(BlockImageException error, WriteWaiter? peer, long offset, long length)
     {
         if (peer is null || !CanDetachLocked())
         {
@@ -144,7 +144,7 @@ public sealed partial class Volume
     }
 
     /// <summary>The local half of a FLUSH or FUA: none while diskless; a failing fdatasync detaches when it can.</summary>
-    private Task? LocalFlushAsync(Task? peer)
+    private Task? LocalFlushAsync(WriteWaiter? peer)
     {
         if (_diskless)
         {
@@ -156,7 +156,7 @@ public sealed partial class Volume
         return FlushOrDetachAsync(peer);
     }
 
-    private async Task FlushOrDetachAsync(Task? peer)
+    private async Task FlushOrDetachAsync(WriteWaiter? peer)
     {
         try
         {

@@ -101,16 +101,19 @@ internal sealed class PeerLink
     private readonly Lock _gate = new();
     private readonly Queue<LinkItem> _queue = new();
     private readonly Queue<(ulong Seq, long Offset, long Length, long EnqueuedAt, long Bytes)> _unacked = new();
-    private readonly Queue<(ulong Seq, TaskCompletionSource Done)> _appliedWaiters = new();
-    private readonly Queue<(ulong Seq, TaskCompletionSource Done)> _durableWaiters = new();
-    private readonly List<TaskCompletionSource> _blocked = [];
+    private readonly Queue<(ulong Seq, WriteWaiter Done)> _appliedWaiters = new();
+    private readonly Queue<(ulong Seq, WriteWaiter Done)> _durableWaiters = new();
+    private readonly List<WriteWaiter> _ackedWaiters = []; // filled and drained by OnAck (one ack loop at a time)
+    private readonly WriteWaiterPool _waiters = new();
+    private readonly Stack<LinkItem> _freeItems = new(); // guarded by _gate
+    private readonly List<WriteWaiter> _blocked = [];
     private readonly List<TaskCompletionSource> _spaceWaiters = [];
     private readonly List<(long Fill, TaskCompletionSource Done)> _resyncSpaceWaiters = [];
     private long _lastAppRecordAt;
     private bool _announceAhead; // went ahead: the shipper tells the peer at once (a ping), not at the next keepalive
     private readonly List<TaskCompletionSource> _streamWaiters = [];
     private readonly DirtyBitmap _bitmap;
-    private TaskCompletionSource? _shipperWake;
+    private readonly ShipperSignal _wake = new();
     private ulong _nextSeq = 1;
     private ulong _received;
     private ulong _applied;
@@ -507,7 +510,7 @@ internal sealed class PeerLink
     /// Hands a write (or trim, zero range) to the link. Called under the volume's ordering lock. Returns the
     /// task the front end must also wait on (sync mode), or null.
     /// </summary>
-    public Task? Submit(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua)
+    public WriteWaiter? Submit(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua)
     {
         Volatile.Write(ref _lastAppRecordAt, Stopwatch.GetTimestamp());
         lock (_gate)
@@ -531,7 +534,7 @@ internal sealed class PeerLink
                 return null;
             }
 
-            Task? wait = null;
+            WriteWaiter? wait = null;
             if (kind == JournalRecordKind.Write && payload.Length > MaxRecordPayload)
             {
                 for (var done = 0; done < payload.Length; done += MaxRecordPayload)
@@ -565,7 +568,7 @@ internal sealed class PeerLink
     }
 
     /// <summary>A flush: a barrier in the stream, durable on the peer before the ack in sync mode.</summary>
-    public Task? SubmitFlush()
+    public WriteWaiter? SubmitFlush()
     {
         lock (_gate)
         {
@@ -578,32 +581,30 @@ internal sealed class PeerLink
         }
     }
 
-    private Task? BlockedWaiterLocked()
+    private WriteWaiter? BlockedWaiterLocked()
     {
         if (OnPeerLoss != PeerLossPolicy.Block)
         {
             return null;
         }
 
-        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _blocked.Add(tcs);
-        return tcs.Task;
+        var waiter = _waiters.Rent();
+        _blocked.Add(waiter);
+        return waiter;
     }
 
-    private Task? EnqueueRecordLocked(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua, bool waiter)
+    private WriteWaiter? EnqueueRecordLocked(JournalRecordKind kind, long offset, long length, ReadOnlySpan<byte> payload, bool fua, bool waiter)
     {
         var seq = _nextSeq++;
-        var item = new LinkItem
+        var item = RentItemLocked();
+        item.Header = kind switch
         {
-            Header = kind switch
-            {
-                JournalRecordKind.Write => JournalRecordHeader.ForWrite(seq, (ulong)offset, payload.Length, fua),
-                JournalRecordKind.Trim => JournalRecordHeader.ForTrim(seq, (ulong)offset, (ulong)length, fua),
-                JournalRecordKind.Zero => JournalRecordHeader.ForZero(seq, (ulong)offset, (ulong)length, fua),
-                _ => JournalRecordHeader.ForFlush(seq),
-            },
-            EnqueuedAt = Stopwatch.GetTimestamp(),
+            JournalRecordKind.Write => JournalRecordHeader.ForWrite(seq, (ulong)offset, payload.Length, fua),
+            JournalRecordKind.Trim => JournalRecordHeader.ForTrim(seq, (ulong)offset, (ulong)length, fua),
+            JournalRecordKind.Zero => JournalRecordHeader.ForZero(seq, (ulong)offset, (ulong)length, fua),
+            _ => JournalRecordHeader.ForFlush(seq),
         };
+        item.EnqueuedAt = Stopwatch.GetTimestamp();
         if (payload.Length > 0)
         {
             item.Payload = ArrayPool<byte>.Shared.Rent(payload.Length);
@@ -619,24 +620,37 @@ internal sealed class PeerLink
             return null;
         }
 
-        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var done = _waiters.Rent();
         if (fua || kind == JournalRecordKind.Flush)
         {
-            _durableWaiters.Enqueue((seq, tcs));
+            _durableWaiters.Enqueue((seq, done));
         }
         else
         {
-            _appliedWaiters.Enqueue((seq, tcs));
+            _appliedWaiters.Enqueue((seq, done));
         }
 
-        return tcs.Task;
+        return done;
     }
 
-    private void WakeShipperLocked()
+    private void WakeShipperLocked() => _wake.Set();
+
+    /// <summary>A queue entry from the free list (records are the steady state: no allocation per write).</summary>
+    private LinkItem RentItemLocked() => _freeItems.TryPop(out var item) ? item : new LinkItem();
+
+    /// <summary>Back to the free list once the item has left the queue (its payload returned first).</summary>
+    private void RecycleLocked(LinkItem item)
     {
-        var wake = _shipperWake;
-        _shipperWake = null;
-        wake?.TrySetResult();
+        ReturnPayload(item);
+        if (_freeItems.Count < LocksAndLimits.MaxPooledLinkItems)
+        {
+            item.Header = default;
+            item.EnqueuedAt = 0;
+            item.Marker = null;
+            item.Probe = null;
+            item.Read = null;
+            _freeItems.Push(item);
+        }
     }
 
     /// <summary>The seq the next record will get (what a handshake announces as the earliest first_seq).</summary>
@@ -687,7 +701,7 @@ internal sealed class PeerLink
 
             if (_bitmap.IsEmpty && !peerInconsistent)
             {
-                ReleaseAllLocked(_blocked);
+                ReleaseBlockedLocked();
                 return false;
             }
 
@@ -738,7 +752,7 @@ internal sealed class PeerLink
                     _bitmap.Mark((long)item.Header.Offset, (long)item.Header.Length);
                 }
 
-                ReturnPayload(item);
+                RecycleLocked(item);
             }
 
             _queuedBytes = 0;
@@ -759,7 +773,7 @@ internal sealed class PeerLink
                     if (failWaiters is not null)
                     {
                         // No longer primary: a write the peer never acknowledged must not be reported done.
-                        w.Done.TrySetException(failWaiters);
+                        w.Done.Fail(failWaiters);
                     }
                     else if (OnPeerLoss == PeerLossPolicy.Block)
                     {
@@ -767,7 +781,7 @@ internal sealed class PeerLink
                     }
                     else
                     {
-                        w.Done.TrySetResult();
+                        w.Done.Complete(inline: false);
                     }
                 }
             }
@@ -792,11 +806,17 @@ internal sealed class PeerLink
             {
                 while (queue.TryDequeue(out var w))
                 {
-                    w.Done.TrySetException(reason);
+                    w.Done.Fail(reason);
                 }
             }
 
-            foreach (var list in new[] { _blocked, _spaceWaiters, _streamWaiters })
+            foreach (var blocked in _blocked)
+            {
+                blocked.Fail(reason);
+            }
+
+            _blocked.Clear();
+            foreach (var list in new[] { _spaceWaiters, _streamWaiters })
             {
                 foreach (var tcs in list)
                 {
@@ -817,7 +837,7 @@ internal sealed class PeerLink
     {
         while (true)
         {
-            Task wake;
+            ValueTask<bool> wake;
             lock (_gate)
             {
                 if (!_state.Streaming)
@@ -839,13 +859,12 @@ internal sealed class PeerLink
                     return new LinkTake(0, 0, null, Idle: true, 0, 0);
                 }
 
-                _shipperWake ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                wake = _shipperWake.Task;
+                wake = _wake.Arm(idle, cancellationToken);
             }
 
-            var completed = await Task.WhenAny(wake, Task.Delay(idle, cancellationToken)).ConfigureAwait(false);
+            var woken = await wake.ConfigureAwait(false);
             cancellationToken.ThrowIfCancellationRequested();
-            if (completed != wake)
+            if (!woken)
             {
                 return new LinkTake(0, 0, null, Idle: true, 0, 0);
             }
@@ -905,7 +924,7 @@ internal sealed class PeerLink
             var cost = Cost((int)header.PayloadLength);
             _unreceived.Enqueue((header.Seq, cost));
             _inflightBytes += cost;
-            ReturnPayload(item);
+            RecycleLocked(item);
         }
 
         ReleaseSpaceLocked();
@@ -995,19 +1014,27 @@ internal sealed class PeerLink
             while (_appliedWaiters.TryPeek(out var w) && w.Seq <= _applied)
             {
                 _appliedWaiters.Dequeue();
-                w.Done.TrySetResult();
+                _ackedWaiters.Add(w.Done);
             }
 
             while (_durableWaiters.TryPeek(out var w) && w.Seq <= _durable)
             {
                 _durableWaiters.Dequeue();
-                w.Done.TrySetResult();
+                _ackedWaiters.Add(w.Done);
             }
 
             ReleaseBlockedIfDurableLocked();
             SignalChangedLocked();
         }
 
+        // Outside the lock, on the ack loop's thread: each acknowledged write's continuation (the front end's
+        // reply) runs here, without a hop through the thread pool.
+        foreach (var done in _ackedWaiters)
+        {
+            done.Complete(inline: true);
+        }
+
+        _ackedWaiters.Clear();
         _al?.NotifyProgress();
         return true;
     }
@@ -1017,7 +1044,7 @@ internal sealed class PeerLink
         if (_releaseBlockedAt != 0 && _durable >= _releaseBlockedAt && _bitmap.IsEmpty)
         {
             _releaseBlockedAt = 0;
-            ReleaseAllLocked(_blocked);
+            ReleaseBlockedLocked();
         }
     }
 
@@ -1511,6 +1538,17 @@ internal sealed class PeerLink
                 _resyncSpaceWaiters.RemoveAt(i);
             }
         }
+    }
+
+    /// <summary>Writes held while the peer was away (block policy) go on.</summary>
+    private void ReleaseBlockedLocked()
+    {
+        foreach (var waiter in _blocked)
+        {
+            waiter.Complete(inline: false);
+        }
+
+        _blocked.Clear();
     }
 
     private static void ReleaseAllLocked(List<TaskCompletionSource> waiters)

@@ -35,7 +35,7 @@ internal sealed class PeerConnector : IAsyncDisposable
     private readonly Action<string> _onStepDown;
     private readonly CancellationTokenSource _stop = new();
     private readonly GrpcChannel _channel;
-    private readonly V1.Replication.ReplicationClient _client;
+    private readonly CallInvoker _invoker;
     private Task? _loop;
 
     public PeerConnector(Volume volume, Uri peer, ReplicationSettings settings, ILogger log, Action<string> onStepDown)
@@ -62,7 +62,7 @@ internal sealed class PeerConnector : IAsyncDisposable
                 AutomaticDecompression = System.Net.DecompressionMethods.None,
             },
         });
-        _client = new V1.Replication.ReplicationClient(_channel);
+        _invoker = _channel.CreateCallInvoker();
     }
 
     public string Peer => _peer.ToString();
@@ -151,7 +151,7 @@ internal sealed class PeerConnector : IAsyncDisposable
     {
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var token = streamCancel.Token;
-        using var call = _client.Replicate(cancellationToken: token);
+        using var call = _invoker.AsyncDuplexStreamingCall(ReplicationWire.Replicate, null, new CallOptions(cancellationToken: token));
         var opening = _volume.DescribeForHandshake();
         var link = _volume.Link!;
         var g = opening.Generations;
@@ -263,13 +263,20 @@ internal sealed class PeerConnector : IAsyncDisposable
         var idle = _settings.PeerTimeout / 4;
         ulong pings = 0;
         var skipCompression = 0;
+        // The two frames of the steady state are reused (WriteAsync has serialized a frame by the time it returns).
+        var ping = new Ping();
+        var pingFrame = new ReplicationFrame { Ping = ping };
+        var batch = new Batch();
+        var batchFrame = new ReplicationFrame { Batch = batch };
         while (true)
         {
             var take = await link.TakeAsync(writer, ReplicationSettings.SoftBatchBytes, idle, token).ConfigureAwait(false);
             ReplicationFrame frame;
             if (take.Idle)
             {
-                frame = new ReplicationFrame { Ping = new Ping { Id = ++pings, SenderAhead = link.Ahead } };
+                ping.Id = ++pings;
+                ping.SenderAhead = link.Ahead;
+                frame = pingFrame;
             }
             else if (take.Read is { } read)
             {
@@ -313,21 +320,16 @@ internal sealed class PeerConnector : IAsyncDisposable
                     }
                 }
 
-                frame = new ReplicationFrame
-                {
-                    Batch = new Batch
-                    {
-                        FirstSeq = writer.FirstSeq,
-                        RecordCount = (uint)writer.RecordCount,
-                        UncompressedLength = (uint)writer.UncompressedLength,
-                        CompressedRecords = UnsafeByteOperations.UnsafeWrap(records),
-                        Crc32C = writer.PackedCrc32C,
-                        SenderLastSeq = take.LastSeq,
-                        SenderUnsentBytes = (ulong)take.UnsentBytes,
-                        Stored = stored,
-                        SenderAhead = link.Ahead,
-                    },
-                };
+                batch.FirstSeq = writer.FirstSeq;
+                batch.RecordCount = (uint)writer.RecordCount;
+                batch.UncompressedLength = (uint)writer.UncompressedLength;
+                batch.CompressedRecords = UnsafeByteOperations.UnsafeWrap(records); // the one object a batch costs
+                batch.Crc32C = writer.PackedCrc32C;
+                batch.SenderLastSeq = take.LastSeq;
+                batch.SenderUnsentBytes = (ulong)take.UnsentBytes;
+                batch.Stored = stored;
+                batch.SenderAhead = link.Ahead;
+                frame = batchFrame;
             }
 
             // The frame is serialized before WriteAsync returns, so the buffers may be reused afterwards.

@@ -26,6 +26,7 @@ namespace BlockRepl.Replication.Service;
 /// sender then reconnects and resyncs from its bitmap. A second stream for a volume replaces the first (the
 /// old sender is gone, or it would not reconnect).
 /// </remarks>
+[BindServiceMethod(typeof(ReplicationWire), nameof(ReplicationWire.BindService))]
 internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes, ReplicationSettings settings, ILogger logger)
     : V1.Replication.ReplicationBase
 {
@@ -374,7 +375,14 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     {
                         case ReplicationFrame.BodyOneofCase.Batch:
                             NoteSenderAhead(frame.Batch.SenderAhead);
-                            await ApplyBatchAsync(frame.Batch, buffer).ConfigureAwait(false);
+                            try
+                            {
+                                await ApplyBatchAsync(frame.Batch, buffer).ConfigureAwait(false);
+                            }
+                            finally
+                            {
+                                ReplicationWire.ReturnRecords(frame.Batch); // applied (or refused): nothing refers to it now
+                            }
                             break;
                         case ReplicationFrame.BodyOneofCase.Marker:
                             await ApplyMarkerAsync(frame.Marker).ConfigureAwait(false);

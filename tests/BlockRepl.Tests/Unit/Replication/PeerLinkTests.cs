@@ -17,8 +17,8 @@ public sealed class PeerLinkTests
         var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
         Assert.Equal(1UL, link.OpenStream());
         Assert.False(link.StreamAccepted(fullResync: false));
-        var plain = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!;
-        var fua = link.Submit(JournalRecordKind.Write, 4096, 4096, new byte[4096], fua: true)!;
+        var plain = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!.AsValueTask();
+        var fua = link.Submit(JournalRecordKind.Write, 4096, 4096, new byte[4096], fua: true)!.AsValueTask();
         using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
         var take = await TakeAsync(link, writer);
         Assert.Equal(2, take.Records);
@@ -50,10 +50,10 @@ public sealed class PeerLinkTests
         var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
         link.OpenStream();
         link.StreamAccepted(false);
-        var sent = link.Submit(JournalRecordKind.Write, 0, 8192, new byte[8192], fua: false)!;
+        var sent = link.Submit(JournalRecordKind.Write, 0, 8192, new byte[8192], fua: false)!.AsValueTask();
         using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
         await TakeAsync(link, writer);
-        var queued = link.Submit(JournalRecordKind.Zero, 1 << 20, 1 << 20, default, fua: false)!;
+        var queued = link.Submit(JournalRecordKind.Zero, 1 << 20, 1 << 20, default, fua: false)!.AsValueTask();
         link.CloseStream();
         Assert.True(sent.IsCompletedSuccessfully && queued.IsCompletedSuccessfully);
         Assert.Equal(8192 + (1 << 20), link.Snapshot().DirtyBytes);
@@ -69,7 +69,7 @@ public sealed class PeerLinkTests
         var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Block, 8 << 20);
         link.OpenStream();
         link.StreamAccepted(false);
-        var write = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!;
+        var write = link.Submit(JournalRecordKind.Write, 0, 4096, new byte[4096], fua: false)!.AsValueTask();
         link.CloseStream();
         Assert.False(write.IsCompleted);
         Assert.True(link.MustWait(4096));
