@@ -26,9 +26,8 @@ namespace BlockRepl.Replication.Service;
 /// sender then reconnects and resyncs from its bitmap. A second stream for a volume replaces the first (the
 /// old sender is gone, or it would not reconnect).
 /// </remarks>
-[BindServiceMethod(typeof(ReplicationWire), nameof(ReplicationWire.BindService))]
 internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes, ReplicationSettings settings, ILogger logger)
-    : V1.Replication.ReplicationBase
+    : ReplicationServiceBase
 {
     private readonly ConcurrentDictionary<string, (CancellationTokenSource Cancel, Task Done)> _active = new(StringComparer.Ordinal);
     private volatile bool _stopping;

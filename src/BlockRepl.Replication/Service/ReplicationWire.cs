@@ -40,7 +40,7 @@ internal static class ReplicationWire
     public static ServiceDescriptor Descriptor => V1.Replication.Descriptor;
 
     /// <summary>Binds <see cref="ReplicaService"/> with <see cref="Replicate"/> (named by its BindServiceMethod attribute).</summary>
-    public static void BindService(ServiceBinderBase binder, ReplicaService? service) =>
+    public static void BindService(ServiceBinderBase binder, ReplicationServiceBase? service) =>
         binder.AddMethod(Replicate, service is null ? null : new DuplexStreamingServerMethod<ReplicationFrame, ReplicationAck>(service.Replicate));
 
     /// <summary>Bytes currently lent out to batches not yet applied (tests: none after a stream ends).</summary>
@@ -229,4 +229,15 @@ internal static class ReplicationWire
 
         return false;
     }
+}
+
+/// <summary>
+/// The Replication service bound with <see cref="ReplicationWire.Replicate"/> instead of the generated method (whose
+/// marshaller copies every batch into a new array). Grpc.AspNetCore binds the handler that overrides the abstract
+/// method declared on the type carrying the attribute.
+/// </summary>
+[BindServiceMethod(typeof(ReplicationWire), nameof(ReplicationWire.BindService))]
+internal abstract class ReplicationServiceBase
+{
+    public abstract Task Replicate(IAsyncStreamReader<ReplicationFrame> requests, IServerStreamWriter<ReplicationAck> responses, ServerCallContext context);
 }
