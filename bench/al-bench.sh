@@ -19,7 +19,8 @@ cd "$REPO"
 RESULTS_DIR="$REPO/bench/results"
 FWD="async-pair async-pair-nolog sync-pair sync-pair-nolog async-pair-log64"
 REV="async-pair-log64 sync-pair-nolog sync-pair async-pair-nolog async-pair"
-export SEQ=0 WIRE=0 REPEATS="${REPEATS:-5}"
+# One transport (the unix socket) and no GC run: the comparison is log on / off, as before transports existed.
+export SEQ=0 WIRE=0 GCRUN=0 TRANSPORTS=unix REPEATS="${REPEATS:-5}"
 
 echo "al-bench: run 1 of 2, configurations in order: $FWD" >&2
 CONFIGS="$FWD" OUT_NAME=al-bench-fwd bash bench/repl-bench.sh

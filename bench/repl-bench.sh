@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end replication benchmark: blockrepl standalone, async pair and sync pair against
 # qemu-storage-daemon's blockdev-mirror (write-blocking = synchronous, background = asynchronous),
-# side by side in one run, plus the wire ratio of the sync pair on filesystem data.
+# side by side in one run, each over NBD on a unix socket and on TCP 127.0.0.1; CPU seconds of the daemons per GiB
+# written; garbage collections of both sync-pair daemons in a longer QD32 run; the wire ratio of the sync pair on
+# filesystem data.
 #
 #   bash tools/install-deps.sh && make build && bash bench/repl-bench.sh
 #   RUNTIME=3 REPEATS=1 CONFIGS="standalone qsd-sync" bash bench/repl-bench.sh
@@ -15,6 +17,12 @@
 #              (a control: how far two identical pairs differ within one run, by their place in the list);
 #              "standalone-b sync-pair-b async-pair-b" run the same configurations with the daemon in BLOCKREPL_B
 #              (an A/B of two builds in one run, e.g. before and after a change)
+#   TRANSPORTS how fio reaches each export, any of "unix tcp" (the default: both, every job on each): a blockrepl
+#              daemon listens on both (--nbd unix:PATH,127.0.0.1:0); qemu-storage-daemon has one NBD server per
+#              process, so a qsd configuration runs one instance (source, mirror job, qemu-nbd target) per transport
+#   GCRUN      1 (default) adds a GC_SECONDS (default 30) 4 KiB randwrite QD32 run on the sync pair (first transport)
+#              and reports the gen0/gen1/gen2 collections, GC pause and allocated bytes per replicated write of both
+#              daemons (the `runtime` object of `blockrepl status --json`); 0 skips it
 #   OUT_NAME   base name of the report in bench/results (default repl-bench-latest)
 #   RUNTIME    seconds per fio run, time_based (default 4); RAMP: ramp_time seconds (default 1)
 #   REPEATS    runs per (configuration, job) cell; the table shows the median (default 3)
@@ -35,14 +43,18 @@
 #
 # Method: every daemon side gets its own 1 GiB raw file, zero-filled (written from /dev/zero, fully
 # allocated; the same for every configuration). All configurations run for the whole benchmark (idle
-# when not measured), fronted by NBD on unix sockets; replication links are TCP on 127.0.0.1.
-# Runs are interleaved: for each repeat, for each job, every configuration in turn (the order rotated by one
-# each repeat). After each run on a replicated configuration the script records how far the replica lags
+# when not measured), fronted by NBD on each transport of TRANSPORTS; replication links are TCP on 127.0.0.1.
+# Runs are interleaved: for each repeat, for each job, every (configuration, transport) in turn (the order
+# rotated by one each repeat). After each run on a replicated configuration the script records how far the replica lags
 # (blockrepl: queuedBytes + dirtyBytes, lastSeq - appliedSeq, lastSeq - durableSeq from `blockrepl status --json`; qsd: len - offset
 # of the mirror job from QMP query-block-jobs), then waits (bounded by DRAIN_TIMEOUT) until it has caught
 # up, so a backlog never runs into the next measurement. The sync pair then takes the wire-ratio copy, and
 # after a clean stop its secondary's image is compared with the copied ext4 image byte for byte.
-# A full run with the defaults takes about 6 minutes on 2 cores (SEQ=0 saves about a quarter).
+# CPU: utime + stime (/proc/PID/stat) of the configuration's processes (blockrepl primary + secondary; qsd + its
+# qemu-nbd target) read when fio's ramp ends and again after the catch-up wait, divided by the GiB fio wrote.
+# Ratios (per transport): sync pair QD1 p50 minus standalone QD1 p50 (<= 100 us; p99 for information), sync pair
+# / qsd write-blocking mirror at QD1 (>= 1.5x) and QD32 (>= 3x), async pair / standalone at QD32 (>= 0.85x).
+# A full run with the defaults takes about 12 minutes on 2 cores (SEQ=0 saves about a quarter, TRANSPORTS=unix half).
 # fio uses its nbd engine (libnbd, one connection); numbers are from fio's JSON: IOPS, bandwidth,
 # completion latency (clat) p50 and p99 in microseconds.
 # A configuration that cannot be started (e.g. a blockrepl without replication) is reported as
@@ -63,6 +75,9 @@ SEQ="${SEQ:-1}"
 WIRE="${WIRE:-1}"
 WIRE_ROOTS="${WIRE_ROOTS:-}"
 WIRE_MIB="${WIRE_MIB:-400}"
+TRANSPORTS="${TRANSPORTS:-unix tcp}"
+GCRUN="${GCRUN:-1}"
+GC_SECONDS="${GC_SECONDS:-30}"
 BLOCKREPL="${BLOCKREPL:-${BLOCKREPL_BIN:-src/BlockRepl/bin/Release/net10.0/blockrepl}}"
 BLOCKREPL_B="${BLOCKREPL_B:-}"
 BENCH_TMPDIR="${BENCH_TMPDIR:-${TMPDIR:-/tmp}}"
@@ -88,10 +103,14 @@ die() { echo "repl-bench: $*" >&2; exit 1; }
 log() { echo "repl-bench: [$(printf '%3d' "$SECONDS") s] $*" >&2; }
 
 # ---------------------------------------------------------------- checks
-for v in RUNTIME RAMP REPEATS WARMUP WIRE_MIB CONNECT_TIMEOUT READY_TIMEOUT DRAIN_TIMEOUT; do
+for v in RUNTIME RAMP REPEATS WARMUP WIRE_MIB CONNECT_TIMEOUT READY_TIMEOUT DRAIN_TIMEOUT GC_SECONDS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
-[[ "$SEQ" =~ ^[01]$ && "$WIRE" =~ ^[01]$ ]] || die "SEQ and WIRE must be 0 or 1"
+[[ "$SEQ" =~ ^[01]$ && "$WIRE" =~ ^[01]$ && "$GCRUN" =~ ^[01]$ ]] || die "SEQ, WIRE and GCRUN must be 0 or 1"
+read -r -a TR_LIST <<<"$TRANSPORTS"
+((${#TR_LIST[@]} > 0)) || die "TRANSPORTS is empty"
+for t in "${TR_LIST[@]}"; do [[ "$t" == unix || "$t" == tcp ]] || die "unknown transport '$t' in TRANSPORTS (known: unix tcp)"; done
+[[ "${TR_LIST[*]}" != "unix unix" && "${TR_LIST[*]}" != "tcp tcp" ]] || die "TRANSPORTS names a transport twice"
 ((RUNTIME > 0 && REPEATS > 0)) || die "RUNTIME and REPEATS must be > 0"
 read -r -a CFG_LIST <<<"$CONFIGS"
 ((${#CFG_LIST[@]} > 0)) || die "CONFIGS is empty"
@@ -103,6 +122,10 @@ uses_blockrepl=0 uses_qsd=0
 for c in "${CFG_LIST[@]}"; do
     case "$c" in qsd-*) uses_qsd=1 ;; *) uses_blockrepl=1 ;; esac
 done
+if [[ "$GCRUN" == 1 ]] && ! has_cfg sync-pair; then
+    log "GCRUN=1 needs sync-pair in CONFIGS; skipping the GC run"
+    GCRUN=0
+fi
 if [[ "$WIRE" == 1 ]] && ! has_cfg sync-pair; then
     log "WIRE=1 needs sync-pair in CONFIGS; skipping the wire ratio"
     WIRE=0
@@ -309,10 +332,10 @@ HEADER=$(
 - date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - machine: $(nproc) CPUs, $CPU_MODEL; kernel $(uname -r); $(awk '/^MemTotal/ {printf "%.1f GiB RAM", $2 / 1048576}' /proc/meminfo)
 - tools: $(fio --version)$(printf ', %s' "${versions[@]}")
-- method: fio --ioengine=nbd (1 connection, NBD over a unix socket), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell (the order of configurations rotates by one each repetition), warm-up ${WARMUP} s per configuration; jobs: ${job_names[*]}
+- method: fio --ioengine=nbd (1 connection; transports: ${TR_LIST[*]}: unix socket and/or TCP on 127.0.0.1), time_based ${RUNTIME} s + ramp ${RAMP} s per run, median of ${REPEATS} interleaved run(s) per cell (the order of (configuration, transport) units rotates by one each repetition), warm-up ${WARMUP} s per configuration and transport; jobs: ${job_names[*]}$( [[ "$GCRUN" == 1 ]] && echo "; GC run ${GC_SECONDS} s")
 - images: one 1 GiB raw file per daemon side on $FSTYPE ($BENCH_TMPDIR), **zero-filled** (written from /dev/zero, fully allocated) for every configuration
-- blockrepl: \`serve --data-dir D --volume vol --size 1G --nbd unix:D/nbd.sock --admin unix:D/admin.sock\` (DOTNET_gcServer=0); pairs add \`--role primary|secondary --listen 127.0.0.1:PORT --peer http://127.0.0.1:PEERPORT --mode sync|async\`, secondary started first, measured once the primary's status shows connection \`connected\`
-- qemu-storage-daemon: file node (cache.direct=off, writeback) + raw node exported over NBD on a unix socket; \`blockdev-mirror sync=full\` to a \`driver=nbd\` blockdev on \`qemu-nbd --cache=writeback -f raw\` over TCP 127.0.0.1; measured once the job is ready (never completed: the mirror stays active)
+- blockrepl: \`serve --data-dir D --volume vol --size 1G --nbd unix:D/nbd.sock,127.0.0.1:0 (the transports of TRANSPORTS) --admin unix:D/admin.sock\` (DOTNET_gcServer=0); pairs add \`--role primary|secondary --listen 127.0.0.1:PORT --peer http://127.0.0.1:PEERPORT --mode sync|async\`, secondary started first, measured once the primary's status shows connection \`connected\`
+- qemu-storage-daemon: file node (cache.direct=off, writeback) + raw node exported over NBD (one instance per transport: unix socket or TCP 127.0.0.1); \`blockdev-mirror sync=full\` to a \`driver=nbd\` blockdev on \`qemu-nbd --cache=writeback -f raw\` over TCP 127.0.0.1; measured once the job is ready (never completed: the mirror stays active)
 - replication links: TCP on 127.0.0.1 for every pair
 - load average at start (1/5/15 min): $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews every row)
 EOF
@@ -322,7 +345,15 @@ echo
 
 # ---------------------------------------------------------------- images
 # Daemon sides per configuration: standalone 1, pairs and qsd 2 (primary/source "p", secondary/target "s").
-sides_of() { case "$1" in standalone | standalone-b) echo p ;; *) echo "p s" ;; esac; }
+# qemu-storage-daemon has one NBD server per process (a second --nbd-server is refused: "NBD server already
+# running"), so a qsd configuration runs one instance per transport: source and target "unix/p unix/s tcp/p tcp/s".
+sides_of() {
+    case "$1" in
+    standalone | standalone-b) echo p ;;
+    qsd-*) for t in "${TR_LIST[@]}"; do echo "$t/p $t/s"; done ;;
+    *) echo "p s" ;;
+    esac
+}
 nimg=0
 for c in "${CFG_LIST[@]}"; do for side in $(sides_of "$c"); do nimg=$((nimg + 1)); done; done
 need_mib=$(((nimg + 2) * IMAGE_SIZE_MIB))
@@ -406,7 +437,8 @@ PY
 fi
 
 # ---------------------------------------------------------------- daemons
-declare -A URIS=() FAIL=() ADMIN=() QMPSOCK=() STARTUP=()
+# URIS and QMPSOCK are keyed by "config/transport"; ADMIN (primary) and ADMIN_S (secondary) by config.
+declare -A URIS=() FAIL=() ADMIN=() ADMIN_S=() QMPSOCK=() STARTUP=()
 
 # The first line of a log that looks like an error, else its last line; one line, at most 200 chars.
 reason_from_log() {
@@ -418,14 +450,19 @@ reason_from_log() {
 }
 
 # Start one blockrepl daemon; wait for its 'blockrepl: ready ' line. Sets REASON on failure.
+# NBD listens on every transport of TRANSPORTS from the same daemon: --nbd unix:DIR/nbd.sock,127.0.0.1:0 (a
+# free port; the ready line names it as nbd= or nbd2=). LAST_URI[unix|tcp] are the URIs of the last start.
 REASON=""
-LAST_URI=""
+declare -A LAST_URI=()
 start_blockrepl() { # label dir args...   (the binary: BLOCKREPL_B for a *-b configuration's label, else BLOCKREPL)
-    local label=$1 dir=$2 pid i line bin=$BLOCKREPL
+    local label=$1 dir=$2 pid i line bin=$BLOCKREPL t tok nbd_arg=""
     shift 2
     [[ "${label%%/*}" == *-b ]] && bin=$BLOCKREPL_B
+    for t in "${TR_LIST[@]}"; do
+        case "$t" in unix) nbd_arg+=",unix:$dir/nbd.sock" ;; tcp) nbd_arg+=",127.0.0.1:0" ;; esac
+    done
     DOTNET_gcServer=0 "$bin" serve --data-dir "$dir" --volume "$VOL" --size 1G \
-        --nbd "unix:$dir/nbd.sock" --admin "unix:$dir/admin.sock" "$@" </dev/null >"$dir/daemon.log" 2>&1 &
+        --nbd "${nbd_arg#,}" --admin "unix:$dir/admin.sock" "$@" </dev/null >"$dir/daemon.log" 2>&1 &
     pid=$!
     PROCS+=("$label $pid")
     line=""
@@ -442,8 +479,16 @@ start_blockrepl() { # label dir args...   (the binary: BLOCKREPL_B for a *-b con
         REASON="$label printed no ready line within 60 s: $(reason_from_log "$dir/daemon.log")"
         return 1
     fi
-    LAST_URI=$(sed -n 's/.*[[:space:]]nbd=\([^[:space:]]*\).*/\1/p' <<<"$line")
-    [[ -n "$LAST_URI" ]] || LAST_URI="nbd+unix:///$VOL?socket=$dir/nbd.sock"
+    LAST_URI=()
+    for tok in $line; do
+        case "$tok" in
+        nbd=nbd+unix://* | nbd[0-9]*=nbd+unix://*) LAST_URI[unix]=${tok#*=} ;;
+        nbd=nbd://* | nbd[0-9]*=nbd://*) LAST_URI[tcp]=${tok#*=} ;;
+        esac
+    done
+    for t in "${TR_LIST[@]}"; do
+        [[ -n "${LAST_URI[$t]:-}" ]] || { REASON="$label's ready line names no $t NBD listener (a build before --nbd lists?): $line"; return 1; }
+    done
     log "$label ready (pid $pid)"
 }
 
@@ -469,7 +514,7 @@ alive() { # config: every process of the configuration is running
 start_standalone() { # config
     local c=$1
     start_blockrepl "$c/p" "$WORK/$c/p" || return 1
-    URIS[$c]=$LAST_URI
+    for t in "${TR_LIST[@]}"; do URIS[$c/$t]=${LAST_URI[$t]}; done
     ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
 }
 
@@ -484,8 +529,9 @@ start_pair() { # config mode [extra serve args...]
         --peer "http://127.0.0.1:$p1" --mode "$mode" "$@" || return 1
     start_blockrepl "$c/p" "$WORK/$c/p" --role primary --listen "127.0.0.1:$p1" \
         --peer "http://127.0.0.1:$p2" --mode "$mode" "$@" || return 1
-    URIS[$c]=$LAST_URI
+    for t in "${TR_LIST[@]}"; do URIS[$c/$t]=${LAST_URI[$t]}; done
     ADMIN[$c]="unix:$WORK/$c/p/admin.sock"
+    ADMIN_S[$c]="unix:$WORK/$c/s/admin.sock"
     conn=""
     deadline=$((SECONDS + CONNECT_TIMEOUT))
     while ((SECONDS < deadline)); do
@@ -506,45 +552,53 @@ start_pair() { # config mode [extra serve args...]
     log "$c connected ${STARTUP[$c]} s after the secondary was started"
 }
 
-start_qsd() { # config copy-mode
-    local c=$1 mode=$2 port dir pid i t0 out
-    dir="$WORK/$c"
+start_qsd() { # config copy-mode transport   (one instance per transport: $WORK/config/transport/{p,s})
+    local c=$1 mode=$2 t=$3 port nport dir pid i t0 out nbd_server
+    dir="$WORK/$c/$t"
     port=$(free_port)
     qemu-nbd --cache=writeback -f raw --persistent -b 127.0.0.1 -p "$port" -x "$VOL" "$dir/s/$VOL.img" \
         </dev/null >"$dir/s/qemu-nbd.log" 2>&1 &
     pid=$!
-    PROCS+=("$c/target $pid")
+    PROCS+=("$c/$t/target $pid")
     for ((i = 0; i < 300; i++)); do
         kill -0 "$pid" 2>/dev/null || { REASON="qemu-nbd exited: $(reason_from_log "$dir/s/qemu-nbd.log")"; return 1; }
         nbdinfo --size "nbd://127.0.0.1:$port/$VOL" >/dev/null 2>&1 && break
         sleep 0.1
     done
     ((i < 300)) || { REASON="qemu-nbd did not accept connections within 30 s"; return 1; }
-    QMPSOCK[$c]="$dir/p/qmp.sock"
+    QMPSOCK[$c/$t]="$dir/p/qmp.sock"
+    if [[ "$t" == unix ]]; then
+        nbd_server="addr.type=unix,addr.path=$dir/p/nbd.sock"
+        URIS[$c/$t]="nbd+unix:///$VOL?socket=$dir/p/nbd.sock"
+    else
+        nport=$(free_port)
+        while [[ "$nport" == "$port" ]]; do nport=$(free_port); done
+        nbd_server="addr.type=inet,addr.host=127.0.0.1,addr.port=$nport"
+        URIS[$c/$t]="nbd://127.0.0.1:$nport/$VOL"
+    fi
     qemu-storage-daemon \
         --blockdev "driver=file,node-name=src-file,filename=$dir/p/$VOL.img,cache.direct=off" \
         --blockdev driver=raw,node-name=src,file=src-file \
         --blockdev "driver=nbd,node-name=tgt,server.type=inet,server.host=127.0.0.1,server.port=$port,export=$VOL" \
-        --nbd-server "addr.type=unix,addr.path=$dir/p/nbd.sock" \
+        --nbd-server "$nbd_server" \
         --export "type=nbd,id=exp0,node-name=src,name=$VOL,writable=on" \
-        --chardev "socket,id=qmp,path=${QMPSOCK[$c]},server=on,wait=off" \
+        --chardev "socket,id=qmp,path=${QMPSOCK[$c/$t]},server=on,wait=off" \
         --monitor chardev=qmp </dev/null >"$dir/p/qsd.log" 2>&1 &
     pid=$!
-    PROCS+=("$c/qsd $pid")
+    PROCS+=("$c/$t/qsd $pid")
     for ((i = 0; i < 300; i++)); do
         kill -0 "$pid" 2>/dev/null || { REASON="qemu-storage-daemon exited: $(reason_from_log "$dir/p/qsd.log")"; return 1; }
-        qmp "${QMPSOCK[$c]}" query-block-jobs >/dev/null 2>&1 && break
+        qmp "${QMPSOCK[$c/$t]}" query-block-jobs >/dev/null 2>&1 && break
         sleep 0.1
     done
     ((i < 300)) || { REASON="qemu-storage-daemon's QMP socket did not answer within 30 s"; return 1; }
     t0=$(date +%s.%N)
-    out=$(qmp "${QMPSOCK[$c]}" blockdev-mirror \
+    out=$(qmp "${QMPSOCK[$c/$t]}" blockdev-mirror \
         "{\"job-id\":\"m0\",\"device\":\"src\",\"target\":\"tgt\",\"sync\":\"full\",\"copy-mode\":\"$mode\"}" 2>&1) ||
         { REASON="blockdev-mirror failed: $out"; return 1; }
-    out=$(qmp "${QMPSOCK[$c]}" wait-ready m0 "$READY_TIMEOUT" 2>&1) || { REASON="$out"; return 1; }
+    out=$(qmp "${QMPSOCK[$c/$t]}" wait-ready m0 "$READY_TIMEOUT" 2>&1) || { REASON="$out"; return 1; }
     STARTUP[$c]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-    URIS[$c]="nbd+unix:///$VOL?socket=$dir/p/nbd.sock"
-    log "$c mirror job ready after ${STARTUP[$c]} s (initial full copy of 1 GiB)"
+    log "$c ($t instance) mirror job ready after ${STARTUP[$c]} s (initial full copy of 1 GiB)"
 }
 
 for c in "${CFG_LIST[@]}"; do
@@ -557,8 +611,13 @@ for c in "${CFG_LIST[@]}"; do
     sync-pair-nolog) start_pair "$c" sync --activity-log off || FAIL[$c]="$REASON" ;;
     async-pair-log64) start_pair "$c" async --activity-log 64 || FAIL[$c]="$REASON" ;;
     async-pair-twin) start_pair "$c" async || FAIL[$c]="$REASON" ;;
-    qsd-sync) start_qsd "$c" write-blocking || FAIL[$c]="$REASON" ;;
-    qsd-async) start_qsd "$c" background || FAIL[$c]="$REASON" ;;
+    qsd-sync | qsd-async)
+        for t in "${TR_LIST[@]}"; do
+            if [[ "$c" == qsd-sync ]]; then start_qsd "$c" write-blocking "$t" || { FAIL[$c]="$REASON"; break; }; else
+                start_qsd "$c" background "$t" || { FAIL[$c]="$REASON"; break; }
+            fi
+        done
+        ;;
     esac
     [[ -z "${FAIL[$c]:-}" ]] || log "$c failed: ${FAIL[$c]} (continuing without it)"
 done
@@ -575,14 +634,14 @@ done
 # DRAIN_TIMEOUT).
 LAG_B="" LAG_UA="" LAG_UD="" AHEAD="" DRAIN_S=""
 declare -A PREV_AHEAD=()
-lag_and_drain() { # config
-    local c=$1 st t0 deadline out ahead=""
+lag_and_drain() { # config transport
+    local c=$1 t=$2 st t0 deadline out ahead=""
     LAG_B="" LAG_UA="" LAG_UD="" AHEAD="" DRAIN_S=""
     case "$c" in
     standalone | standalone-b) return 0 ;;
     qsd-*)
-        LAG_B=$(qmp "${QMPSOCK[$c]}" lag m0 2>/dev/null) || LAG_B=""
-        if out=$(qmp "${QMPSOCK[$c]}" drain m0 "$DRAIN_TIMEOUT" 2>/dev/null); then DRAIN_S=$out; else DRAIN_S=timeout; fi
+        LAG_B=$(qmp "${QMPSOCK[$c/$t]}" lag m0 2>/dev/null) || LAG_B=""
+        if out=$(qmp "${QMPSOCK[$c/$t]}" drain m0 "$DRAIN_TIMEOUT" 2>/dev/null); then DRAIN_S=$out; else DRAIN_S=timeout; fi
         ;;
     *-pair | *-pair-*)
         if st=$(br_status "${ADMIN[$c]}"); then
@@ -621,75 +680,123 @@ lag_and_drain() { # config
 FIO_TIMEOUT=$((RUNTIME + RAMP + 60))
 FAILED=0
 : >"$OUT_TSV.tmp"
-declare -A RUNFAIL=()
+declare -A RUNFAIL=() # "config|transport|job" -> reason
+CLK_TCK=$(getconf CLK_TCK)
 
-run_fio() { # config jobname out.json fio-args...
-    local c=$1 name=$2 out=$3 rc=0
-    shift 3
+# CPU accounting. The processes of a configuration on one transport: blockrepl primary (and secondary);
+# qsd and its qemu-nbd target (the instance of that transport).
+procs_of() { # config transport -> "pid pid"
+    case "$1" in
+    qsd-*) echo "$(pid_of "$1/$2/qsd") $(pid_of "$1/$2/target")" ;;
+    *) echo "$(pid_of "$1/p") $(pid_of "$1/s" 2>/dev/null || true)" ;;
+    esac
+}
+cpu_ticks() { # pid... -> utime+stime of each (clock ticks, /proc/PID/stat fields 14 and 15), space-separated
+    local pid out=""
+    for pid in "$@"; do
+        # The command name (field 2) may hold spaces: the fields after its closing ')' start with field 3.
+        out+="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') "
+    done
+    echo "${out% }"
+}
+
+CPU0=""
+run_fio() { # config transport jobname out.json fio-args...   (sets CPU0: CPU ticks RAMP s after fio started)
+    local c=$1 t=$2 name=$3 out=$4 rc=0 key="$1|$2|$3"
+    shift 4
+    CPU0=""
     if ! alive "$c"; then
-        RUNFAIL[$c/$name]="a daemon of $c is no longer running"
-        log "${RUNFAIL[$c/$name]}; skipping $name"
+        RUNFAIL[$key]="a daemon of $c is no longer running"
+        log "${RUNFAIL[$key]}; skipping $name"
         FAIL[$c]="${FAIL[$c]:-a daemon exited during the benchmark}"
         return 1
     fi
     # fio's nbd engine may print a line before the JSON: the JSON goes to a file of its own.
     # fio runs in the background and is waited for, so a signal to this script is acted on at once.
-    timeout "$FIO_TIMEOUT" fio --name="$name" --ioengine=nbd --uri="${URIS[$c]}" \
+    timeout "$FIO_TIMEOUT" fio --name="$name" --ioengine=nbd --uri="${URIS[$c/$t]}" \
         --numjobs=1 --norandommap --randrepeat=0 "$@" \
         --output-format=json --output="$out" >"$out.stdout" 2>"$out.stderr" &
     FIO_PID=$!
+    # fio counts nothing during its ramp: the CPU window starts when the ramp ends (aligned to within fio's
+    # connect time), so CPU and fio's bytes cover the same writes.
+    ((RAMP == 0)) || sleep "$RAMP"
+    # shellcheck disable=SC2046
+    CPU0=$(cpu_ticks $(procs_of "$c" "$t"))
     wait "$FIO_PID" || rc=$?
     FIO_PID=""
     if ((rc != 0)); then
-        RUNFAIL[$c/$name]="fio status $rc: $(cat "$out.stderr" "$out.stdout" 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-160)"
-        log "fio failed for $c / $name: ${RUNFAIL[$c/$name]}"
+        RUNFAIL[$key]="fio status $rc: $(cat "$out.stderr" "$out.stdout" 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-160)"
+        log "fio failed for $c ($t) / $name: ${RUNFAIL[$key]}"
         return 1
     fi
 }
+# CPU seconds of each process of the configuration since CPU0 ("p s", empty when unknown), read after the
+# catch-up wait, so the secondary's (or qemu-nbd's) work on the run's writes is counted.
+cpu_since() { # config transport
+    local now
+    # shellcheck disable=SC2046
+    now=$(cpu_ticks $(procs_of "$1" "$2"))
+    [[ -n "$CPU0" && -n "$now" ]] || { echo ""; return; }
+    awk -v a="$CPU0" -v b="$now" -v hz="$CLK_TCK" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); s = ""
+        for (i = 1; i <= n; i++) s = s (i > 1 ? " " : "") sprintf("%.2f", (y[i] - x[i]) / hz)
+        print s }'
+}
 
-ACTIVE=()
-for c in "${CFG_LIST[@]}"; do [[ -z "${FAIL[$c]:-}" ]] && ACTIVE+=("$c"); done
-log "measuring: ${ACTIVE[*]:-(nothing)}"
+# The measured units: every active configuration on every transport.
+UNITS=()
+for c in "${CFG_LIST[@]}"; do
+    [[ -z "${FAIL[$c]:-}" ]] || continue
+    for t in "${TR_LIST[@]}"; do UNITS+=("$c/$t"); done
+done
+log "measuring: ${UNITS[*]:-(nothing)}"
 
 if ((WARMUP > 0)); then
-    for c in "${ACTIVE[@]}"; do
-        log "warm-up: $c ${WARMUP} s"
-        if run_fio "$c" warmup "$WORK/$c/warmup.json" --rw=randrw --bs=4k --iodepth=8 --time_based --runtime="$WARMUP"; then
-            lag_and_drain "$c"
+    for u in "${UNITS[@]}"; do
+        c=${u%/*} t=${u#*/}
+        log "warm-up: $c over $t ${WARMUP} s"
+        if run_fio "$c" "$t" warmup "$WORK/$c/warmup.$t.json" --rw=randrw --bs=4k --iodepth=8 --time_based --runtime="$WARMUP"; then
+            lag_and_drain "$c" "$t"
         else
-            log "warm-up failed for $c (continuing)"
+            log "warm-up failed for $c over $t (continuing)"
         fi
     done
 fi
 
-total=$((REPEATS * ${#JOBS[@]} * ${#ACTIVE[@]}))
+total=$((REPEATS * ${#JOBS[@]} * ${#UNITS[@]}))
 n=0
 for ((rep = 1; rep <= REPEATS; rep++)); do
     for job in "${JOBS[@]}"; do
         name="${job%%|*}"
         read -r -a args <<<"${job#*|}"
-        # Each repetition starts one configuration further on (a rotation): the first configuration of a round
-        # runs right after another's writes and pays for their writeback, so no configuration may always be first.
+        # Each repetition starts one unit further on (a rotation): the first unit of a round runs right after
+        # another's writes and pays for their writeback, so no configuration or transport may always be first.
         ORDER=()
-        for ((k = 0; k < ${#ACTIVE[@]}; k++)); do ORDER+=("${ACTIVE[$(((k + rep - 1) % ${#ACTIVE[@]}))]}"); done
-        for c in "${ORDER[@]}"; do
+        for ((k = 0; k < ${#UNITS[@]}; k++)); do ORDER+=("${UNITS[$(((k + rep - 1) % ${#UNITS[@]}))]}"); done
+        for u in "${ORDER[@]}"; do
+            c=${u%/*} t=${u#*/}
             n=$((n + 1))
-            out="$WORK/$c/$name.$rep.json"
-            log "[$n/$total] run $rep/$REPEATS $name on $c"
-            if run_fio "$c" "$name" "$out" "${args[@]}" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"; then
-                lag_and_drain "$c"
+            out="$WORK/$c/$name.$t.$rep.json"
+            log "[$n/$total] run $rep/$REPEATS $name on $c over $t"
+            if run_fio "$c" "$t" "$name" "$out" "${args[@]}" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"; then
+                lag_and_drain "$c" "$t"
+                cpu=$(cpu_since "$c" "$t")
                 # The JSON may be preceded by a non-JSON line: start at the first line that opens an object.
-                if ! sed -n '/^{/,$p' "$out" | jq -r --arg c "$c" --arg j "$name" --arg r "$rep" \
-                    --arg lb "$LAG_B" --arg ua "$LAG_UA" --arg ud "$LAG_UD" --arg ah "$AHEAD" --arg dr "$DRAIN_S" '
+                if ! sed -n '/^{/,$p' "$out" | jq -r --arg c "$c" --arg t "$t" --arg j "$name" --arg r "$rep" \
+                    --arg lb "$LAG_B" --arg ua "$LAG_UA" --arg ud "$LAG_UD" --arg ah "$AHEAD" --arg dr "$DRAIN_S" \
+                    --arg cpu "$cpu" '
                     .jobs[0] as $job
                     | $job.write as $d
                     | if ($job.error // 0) != 0 then error("fio job error \($job.error)") else . end
-                    | [$c, $j, $r, $d.iops, ($d.bw_bytes / 1048576),
+                    | ($cpu | split(" ") | map(select(. != "") | tonumber)) as $cs
+                    | [$c, $t, $j, $r, $d.iops, ($d.bw_bytes / 1048576),
                        ($d.clat_ns.percentile["50.000000"] / 1000), ($d.clat_ns.percentile["99.000000"] / 1000),
-                       $lb, $ua, $ud, $ah, $dr]
+                       $lb, $ua, $ud, $ah, $dr, ($d.io_bytes / 1073741824),
+                       ($cs[0] // ""), ($cs[1] // ""),
+                       (if ($cs | length) > 0 and $d.io_bytes > 0 then ($cs | add) / ($d.io_bytes / 1073741824) else "" end)]
                     | @tsv' >>"$OUT_TSV.tmp"; then
-                    RUNFAIL[$c/$name]="could not parse fio output"
-                    log "could not parse fio output for $c / $name (run $rep)"
+                    RUNFAIL["$c|$t|$name"]="could not parse fio output"
+                    log "could not parse fio output for $c ($t) / $name (run $rep)"
                     FAILED=1
                 fi
             else
@@ -698,6 +805,43 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
         done
     done
 done
+
+# ---------------------------------------------------------------- GC run (sync pair)
+# GC_SECONDS of 4 KiB randwrite QD32 on the sync pair (over the first transport of TRANSPORTS); both daemons'
+# `runtime` of `blockrepl status --json` read before fio and after the catch-up wait.
+GC_JSON="$WORK/gc.json"
+GC_FAIL=""
+echo '{}' >"$GC_JSON"
+if [[ "$GCRUN" == 1 ]]; then
+    c=sync-pair t=${TR_LIST[0]}
+    if [[ -n "${FAIL[$c]:-}" ]]; then
+        GC_FAIL="sync pair not running (${FAIL[$c]})"
+    elif ! gb_p=$(br_status "${ADMIN[$c]}") || ! gb_s=$(br_status "${ADMIN_S[$c]}"); then
+        GC_FAIL="status of the sync pair failed"
+    elif ! jq -e '.runtime.gen0Collections != null' <<<"$gb_p" >/dev/null 2>&1; then
+        GC_FAIL="the daemon's status JSON has no runtime object (a build before a95ea31?)"
+    else
+        log "GC run: ${GC_SECONDS} s of 4k randwrite QD32 on $c over $t"
+        out="$WORK/$c/gc-run.json"
+        if run_fio "$c" "$t" gc-run "$out" --rw=randwrite --bs=4k --iodepth=32 --time_based --runtime="$GC_SECONDS"; then
+            lag_and_drain "$c" "$t"
+            if ga_p=$(br_status "${ADMIN[$c]}") && ga_s=$(br_status "${ADMIN_S[$c]}"); then
+                sed -n '/^{/,$p' "$out" | jq --argjson bp "$gb_p" --argjson bs "$gb_s" --argjson ap "$ga_p" --argjson sa "$ga_s" \
+                    --arg t "$t" --arg secs "$GC_SECONDS" --arg drain "$DRAIN_S" '
+                    {transport: $t, seconds: ($secs | tonumber), drain: $drain, iops: .jobs[0].write.iops,
+                     fio_writes: .jobs[0].write.total_ios,
+                     writes: ($ap.volumes[0].counters.writes - $bp.volumes[0].counters.writes),
+                     primary: {before: $bp.runtime, after: $ap.runtime}, secondary: {before: $bs.runtime, after: $sa.runtime}}' \
+                    >"$GC_JSON" || GC_FAIL="could not parse the GC run's fio output or status"
+            else
+                GC_FAIL="status of the sync pair failed after the GC run"
+            fi
+        else
+            GC_FAIL="fio failed: ${RUNFAIL["$c|$t|gc-run"]:-?}"
+        fi
+    fi
+    [[ -z "$GC_FAIL" ]] || log "GC run failed: $GC_FAIL"
+fi
 
 # ---------------------------------------------------------------- wire ratio (sync pair)
 WIRE_JSON="$WORK/wire.json"
@@ -715,11 +859,11 @@ if [[ "$WIRE" == 1 ]]; then
         wire_counters() { br_status "${ADMIN[$c]}" | jq -c '.volumes[0].wire // empty'; }
         before=$(wire_counters 2>/dev/null) || before=""
         t0=$(date +%s.%N)
-        if ! nbdcopy --flush "$WIRE_IMG" "${URIS[$c]}" >"$WORK/nbdcopy.log" 2>&1; then
+        if ! nbdcopy --flush "$WIRE_IMG" "${URIS[$c/${TR_LIST[0]}]}" >"$WORK/nbdcopy.log" 2>&1; then
             WIRE_FAIL="nbdcopy failed: $(reason_from_log "$WORK/nbdcopy.log")"
         else
             secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
-            lag_and_drain "$c" # everything sent and durable before the counters are read
+            lag_and_drain "$c" "${TR_LIST[0]}" # everything sent and durable before the counters are read
             after=$(wire_counters 2>/dev/null) || after=""
             if [[ -z "$after" ]] || ! jq -e '(.payloadBytes | type) == "number" and (.wireBytes | type) == "number"' <<<"$after" >/dev/null 2>&1; then
                 WIRE_FAIL="status JSON has no volumes[0].wire.payloadBytes / wireBytes"
@@ -750,33 +894,34 @@ fi
 
 # ---------------------------------------------------------------- report
 {
-    printf 'config\tjob\trun\tiops\tmib_s\tclat_p50_us\tclat_p99_us\tlag_bytes\tlag_unapplied\tlag_undurable\tahead\tdrain_s\n'
+    printf 'config\ttransport\tjob\trun\tiops\tmib_s\tclat_p50_us\tclat_p99_us\tlag_bytes\tlag_unapplied\tlag_undurable\tahead\tdrain_s\tgib_written\tcpu_s_1\tcpu_s_2\tcpu_s_per_gib\n'
     cat "$OUT_TSV.tmp"
 } >"$OUT_TSV"
 rm -f "$OUT_TSV.tmp"
 FAILS_TSV="$WORK/fails.tsv"
 : >"$FAILS_TSV"
-for k in "${!FAIL[@]}"; do printf '%s\t\t%s\n' "$k" "${FAIL[$k]}" >>"$FAILS_TSV"; done
-for k in "${!RUNFAIL[@]}"; do printf '%s\t%s\t%s\n' "${k%/*}" "${k#*/}" "${RUNFAIL[$k]}" >>"$FAILS_TSV"; done
+for k in "${!FAIL[@]}"; do printf '%s\t\t\t%s\n' "$k" "${FAIL[$k]}" >>"$FAILS_TSV"; done
+for k in "${!RUNFAIL[@]}"; do IFS='|' read -r fc ft fj <<<"$k"; printf '%s\t%s\t%s\t%s\n' "$fc" "$ft" "$fj" "${RUNFAIL[$k]}" >>"$FAILS_TSV"; done
 STARTS=""
 for k in "${!STARTUP[@]}"; do STARTS+="$k=${STARTUP[$k]} "; done
 
 REPORT=$("$PY" - "$OUT_TSV" "$FAILS_TSV" "${CFG_LIST[*]}" "${job_names[*]}" "$WIRE_JSON" "$WIRE" "$WIRE_FAIL" \
-    "$WIRE_DESC" "$WIRE_MATCH" "$STARTS" "$WIRE_ROOTS" <<'PY'
+    "$WIRE_DESC" "$WIRE_MATCH" "$STARTS" "$WIRE_ROOTS" "${TR_LIST[*]}" "$GCRUN" "$GC_JSON" "$GC_FAIL" <<'PY'
 import csv, json, statistics, sys
 
-tsv, fails_tsv, cfgs, jobs, wire_json, wire_on, wire_fail, wire_desc, wire_match, starts, wire_roots = sys.argv[1:12]
-cfgs, jobs = cfgs.split(), jobs.split()
+(tsv, fails_tsv, cfgs, jobs, wire_json, wire_on, wire_fail, wire_desc, wire_match, starts, wire_roots,
+ transports, gc_on, gc_json, gc_fail) = sys.argv[1:16]
+cfgs, jobs, transports = cfgs.split(), jobs.split(), transports.split()
 starts = dict(s.split("=", 1) for s in starts.split())
-runs = {}
+runs = {}  # (config, transport, job) -> rows
 with open(tsv) as f:
     for row in csv.DictReader(f, delimiter="\t"):
-        runs.setdefault((row["config"], row["job"]), []).append(row)
+        runs.setdefault((row["config"], row["transport"], row["job"]), []).append(row)
 cfg_fail, run_fail = {}, {}
 with open(fails_tsv) as f:
     for line in f:
-        c, j, reason = line.rstrip("\n").split("\t", 2)
-        (cfg_fail.__setitem__(c, reason) if not j else run_fail.__setitem__((c, j), reason))
+        c, t, j, reason = line.rstrip("\n").split("\t", 3)
+        (cfg_fail.__setitem__(c, reason) if not j else run_fail.__setitem__((c, t, j), reason))
 
 NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pair", "sync-pair": "blockrepl sync pair",
          "qsd-sync": "qsd mirror write-blocking (sync)", "qsd-async": "qsd mirror background (async)",
@@ -784,6 +929,7 @@ NAMES = {"standalone": "blockrepl standalone", "async-pair": "blockrepl async pa
          "async-pair-log64": "blockrepl async pair, 64-extent activity log",
          "async-pair-twin": "blockrepl async pair, identical twin (control)",
          "standalone-b": "BLOCKREPL_B standalone", "sync-pair-b": "BLOCKREPL_B sync pair", "async-pair-b": "BLOCKREPL_B async pair"}
+STANDALONE = ("standalone", "standalone-b")
 
 def num(v):
     try:
@@ -791,13 +937,16 @@ def num(v):
     except (TypeError, ValueError):
         return None
 
-def med(c, j, k):
-    vals = [x for x in (num(r[k]) for r in runs.get((c, j), [])) if x is not None]
-    return statistics.median(vals) if vals else None
+def vals(c, t, j, k):
+    return [x for x in (num(r[k]) for r in runs.get((c, t, j), [])) if x is not None]
 
-def mx(c, j, k):
-    vals = [x for x in (num(r[k]) for r in runs.get((c, j), [])) if x is not None]
-    return max(vals) if vals else None
+def med(c, t, j, k):
+    v = vals(c, t, j, k)
+    return statistics.median(v) if v else None
+
+def mx(c, t, j, k):
+    v = vals(c, t, j, k)
+    return max(v) if v else None
 
 def f_int(v): return "n/a" if v is None else f"{v:,.0f}"
 def f_dec(v): return "n/a" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
@@ -807,12 +956,17 @@ def f_bytes(v):
         return f"{v / 1024:,.0f} KiB"
     return f"{v / 1048576:,.1f} MiB"
 
-def lag_cell(c, j):
-    if c in ("standalone", "standalone-b"):
+def why_missing(c, t, j):
+    if c not in cfgs:
+        return f"{NAMES[c]} not in CONFIGS"
+    return f"{NAMES[c]} failed: {cfg_fail.get(c, run_fail.get((c, t, j), 'no successful run'))}"
+
+def lag_cell(c, t, j):
+    if c in STANDALONE:
         return "-"
-    lb, lbmax = med(c, j, "lag_bytes"), mx(c, j, "lag_bytes")
-    ua, ud = med(c, j, "lag_unapplied"), med(c, j, "lag_undurable")
-    ahead = sum(x for x in (num(r["ahead"]) for r in runs.get((c, j), [])) if x is not None)
+    lb, lbmax = med(c, t, j, "lag_bytes"), mx(c, t, j, "lag_bytes")
+    ua, ud = med(c, t, j, "lag_unapplied"), med(c, t, j, "lag_undurable")
+    ahead = sum(vals(c, t, j, "ahead"))
     if lb is None and ua is None and ud is None:
         return "n/a"
     parts = []
@@ -824,34 +978,36 @@ def lag_cell(c, j):
         parts.append(f"went ahead {ahead:,.0f}x")
     return "; ".join(parts)
 
-def drain_cell(c, j):
-    if c in ("standalone", "standalone-b"):
+def drain_cell(c, t, j):
+    if c in STANDALONE:
         return "-"
-    vals = [r["drain_s"] for r in runs.get((c, j), [])]
-    if not vals:
+    vs = [r["drain_s"] for r in runs.get((c, t, j), [])]
+    if not vs:
         return "n/a"
-    timeouts = sum(v == "timeout" for v in vals)
-    nums = [float(v) for v in vals if num(v) is not None]
+    timeouts = sum(v == "timeout" for v in vs)
+    nums = [float(v) for v in vs if num(v) is not None]
     s = f"{statistics.median(nums):.1f}" if nums else "n/a"
     return s + (f" ({timeouts} timed out)" if timeouts else "")
 
 out = []
-out.append("| job | configuration | IOPS | MiB/s | p50 us | p99 us | replica lag at end of run | catch-up s |")
-out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+out.append("| job | transport | configuration | IOPS | MiB/s | p50 us | p99 us | replica lag at end of run | catch-up s |")
+out.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
 for j in jobs:
-    for c in cfgs:
-        name = NAMES[c]
-        if c in cfg_fail and not runs.get((c, j)):
-            out.append(f"| {j} | {name} | failed: {cfg_fail[c]} | | | | | |")
-            continue
-        if not runs.get((c, j)):
-            out.append(f"| {j} | {name} | failed: {run_fail.get((c, j), 'no successful run')} | | | | | |")
-            continue
-        out.append(f"| {j} | {name} | {f_int(med(c, j, 'iops'))} | {f_dec(med(c, j, 'mib_s'))} | "
-                   f"{f_dec(med(c, j, 'clat_p50_us'))} | {f_dec(med(c, j, 'clat_p99_us'))} | {lag_cell(c, j)} | {drain_cell(c, j)} |")
+    for t in transports:
+        for c in cfgs:
+            name = NAMES[c]
+            if not runs.get((c, t, j)):
+                out.append(f"| {j} | {t} | {name} | {why_missing(c, t, j)} | | | | | |")
+                continue
+            out.append(f"| {j} | {t} | {name} | {f_int(med(c, t, j, 'iops'))} | {f_dec(med(c, t, j, 'mib_s'))} | "
+                       f"{f_dec(med(c, t, j, 'clat_p50_us'))} | {f_dec(med(c, t, j, 'clat_p99_us'))} | {lag_cell(c, t, j)} | {drain_cell(c, t, j)} |")
 counts = sorted({len(v) for v in runs.values()})
 out.append("")
-out.append("p50/p99: fio completion latency (clat) percentiles, microseconds; MiB/s = 2^20 bytes/s; runs per cell: "
+out.append("Transport: how fio's nbd engine reaches the export, `unix` (a unix socket) or `tcp` (127.0.0.1, as a hypervisor "
+           "on another host would connect); a blockrepl daemon serves both from one process (`--nbd unix:PATH,127.0.0.1:0`), "
+           "a qsd configuration runs one qemu-storage-daemon instance per transport (one NBD server per process), each "
+           "with its own images, mirror job and qemu-nbd target. "
+           "p50/p99: fio completion latency (clat) percentiles, microseconds; MiB/s = 2^20 bytes/s; runs per cell: "
            + (", ".join(map(str, counts)) if counts else "none") + " (median shown). "
            "Replica lag: one reading right after fio exits (one `blockrepl status --json` call or one QMP query; median over "
            "runs, max bytes in brackets). blockrepl: bytes = `replication.queuedBytes` (queued or sent, not yet received) + "
@@ -860,46 +1016,116 @@ out.append("p50/p99: fio completion latency (clat) percentiles, microseconds; Mi
            "job (dirty bytes at the job's granularity, 64 KiB for a 1 GiB image). Catch-up: seconds until the replica had "
            "everything (blockrepl: durableSeq == lastSeq, no dirty bytes, no resync; qsd: len == offset), waited for before the next run.")
 if starts:
-    out.append("Time from start to measurable (pairs: secondary started to `connected`; qsd: blockdev-mirror to ready): "
-               + ", ".join(f"{NAMES[k]} {v} s" for k, v in sorted(starts.items())) + ".")
+    out.append("Time from start to measurable (pairs: secondary started to `connected`; qsd: blockdev-mirror to ready, the last "
+               "instance started): " + ", ".join(f"{NAMES[k]} {v} s" for k, v in sorted(starts.items())) + ".")
 
+# ---- CPU per GiB
 out.append("")
-out.append("## Ratios (IOPS, medians)")
+out.append("## CPU s per GiB (primary + secondary)")
 out.append("")
-out.append("| ratio | job | value | target | |")
-out.append("|---|---|---:|---:|---|")
-def ratio(a, b, j, target, label):
+out.append("CPU seconds (utime + stime from /proc/PID/stat) of the configuration's processes from the end of fio's ramp to "
+           "the end of the catch-up wait after the run, divided by the GiB (2^30 bytes) fio wrote in its measured time; "
+           "median over runs. blockrepl: primary + secondary daemon (standalone: the one daemon); qsd: qemu-storage-daemon "
+           "+ its qemu-nbd target. fio's own CPU is not counted.")
+out.append("")
+out.append("| job | transport | configuration | CPU s per GiB | of which primary / secondary (qsd / qemu-nbd), s per GiB | GiB per run |")
+out.append("|---|---|---|---:|---:|---:|")
+for j in jobs:
+    for t in transports:
+        for c in cfgs:
+            rows = runs.get((c, t, j), [])
+            per = [x for x in (num(r["cpu_s_per_gib"]) for r in rows) if x is not None]
+            if not per:
+                out.append(f"| {j} | {t} | {NAMES[c]} | n/a | | |")
+                continue
+            p1 = [num(r["cpu_s_1"]) / num(r["gib_written"]) for r in rows if num(r["cpu_s_1"]) is not None and num(r["gib_written"])]
+            p2 = [num(r["cpu_s_2"]) / num(r["gib_written"]) for r in rows if num(r["cpu_s_2"]) is not None and num(r["gib_written"])]
+            split = f"{statistics.median(p1):.1f}" + (f" / {statistics.median(p2):.1f}" if p2 else " / -") if p1 else "n/a"
+            out.append(f"| {j} | {t} | {NAMES[c]} | {statistics.median(per):.1f} | {split} | {med(c, t, j, 'gib_written'):.2f} |")
+
+# ---- ratios
+out.append("")
+out.append("## Ratios (IOPS and latency, medians)")
+out.append("")
+out.append("| ratio | transport | job | value | target | |")
+out.append("|---|---|---|---:|---:|---|")
+def ratio(a, b, t, j, target, label):
     if a not in cfgs or b not in cfgs:
         return
-    va, vb = med(a, j, "iops"), med(b, j, "iops")
+    va, vb = med(a, t, j, "iops"), med(b, t, j, "iops")
     if va is None or vb is None or vb == 0:
-        why = "; ".join((f"{NAMES[x]} failed: {cfg_fail.get(x, run_fail.get((x, j), 'no successful run'))}"
-                         if x in cfgs else f"{NAMES[x]} not in CONFIGS")
-                        for x in (a, b) if med(x, j, "iops") is None)
-        out.append(f"| {label} | {j} | n/a | {'-' if target is None else f'>= {target:.1f}x'} | {why or 'n/a'} |")
+        why = "; ".join(why_missing(x, t, j) for x in (a, b) if med(x, t, j, "iops") is None)
+        out.append(f"| {label} | {t} | {j} | n/a | {'-' if target is None else f'>= {target:.2f}x'} | {why or 'n/a'} |")
         return
     r = va / vb
     if target is None:
-        out.append(f"| {label} | {j} | {r:.2f}x | - | for information |")
+        out.append(f"| {label} | {t} | {j} | {r:.2f}x | - | for information |")
         return
-    out.append(f"| {label} | {j} | {r:.2f}x | >= {target:.1f}x | {'met' if r >= target else 'MISSED'} |")
-if "4k-randwrite-qd1" in jobs:
-    ratio("sync-pair", "qsd-sync", "4k-randwrite-qd1", 1.0, "sync pair / qsd write-blocking mirror")
-if "4k-randwrite-qd32" in jobs:
-    ratio("sync-pair", "qsd-sync", "4k-randwrite-qd32", 1.5, "sync pair / qsd write-blocking mirror")
-    ratio("async-pair", "standalone", "4k-randwrite-qd32", 0.8, "async pair / standalone")
-for j in ("4k-randwrite-qd1", "4k-randwrite-qd32"):
-    if j in jobs:
-        for m in ("async", "sync"):
-            if f"{m}-pair-nolog" in cfgs:
-                ratio(f"{m}-pair", f"{m}-pair-nolog", j, 0.9, f"{m} pair: activity log on / off")
-        if "async-pair-twin" in cfgs and "async-pair" in cfgs:
-            ratio("async-pair-twin", "async-pair", j, None, "identical async pairs: twin / async pair (control)")
-        for base in ("standalone", "sync-pair", "async-pair"):
-            if f"{base}-b" in cfgs:
-                ratio(base, f"{base}-b", j, None, f"{NAMES[base]} / {NAMES[base + '-b']}")
-        if "async-pair-log64" in cfgs:
-            ratio("async-pair-log64", "async-pair-nolog", j, None, "async pair: 64-extent log (evicting) / log off")
+    out.append(f"| {label} | {t} | {j} | {r:.2f}x | >= {target:.2f}x | {'met' if r >= target else 'MISSED'} |")
+def lat_diff(a, b, t, j, pct, target, label):
+    if a not in cfgs or b not in cfgs:
+        return
+    k = f"clat_{pct}_us"
+    va, vb = med(a, t, j, k), med(b, t, j, k)
+    tgt = "-" if target is None else f"<= {target:,.0f} us"
+    if va is None or vb is None:
+        why = "; ".join(why_missing(x, t, j) for x in (a, b) if med(x, t, j, k) is None)
+        out.append(f"| {label} | {t} | {j} | n/a | {tgt} | {why or 'n/a'} |")
+        return
+    d = va - vb
+    verdict = "for information" if target is None else ("met" if d <= target else "MISSED")
+    out.append(f"| {label} | {t} | {j} | {d:+,.0f} us ({va:,.0f} - {vb:,.0f}) | {tgt} | {verdict} |")
+QD1, QD32 = "4k-randwrite-qd1", "4k-randwrite-qd32"
+for t in transports:
+    if QD1 in jobs:
+        lat_diff("sync-pair", "standalone", t, QD1, "p50", 100, "sync pair p50 - standalone p50")
+        lat_diff("sync-pair", "standalone", t, QD1, "p99", None, "sync pair p99 - standalone p99")
+        ratio("sync-pair", "qsd-sync", t, QD1, 1.5, "sync pair / qsd write-blocking mirror")
+    if QD32 in jobs:
+        ratio("sync-pair", "qsd-sync", t, QD32, 3.0, "sync pair / qsd write-blocking mirror")
+        ratio("async-pair", "standalone", t, QD32, 0.85, "async pair / standalone")
+    for j in (QD1, QD32):
+        if j in jobs:
+            for m in ("async", "sync"):
+                if f"{m}-pair-nolog" in cfgs:
+                    ratio(f"{m}-pair", f"{m}-pair-nolog", t, j, 0.9, f"{m} pair: activity log on / off")
+            if "async-pair-twin" in cfgs and "async-pair" in cfgs:
+                ratio("async-pair-twin", "async-pair", t, j, None, "identical async pairs: twin / async pair (control)")
+            for base in ("standalone", "sync-pair", "async-pair"):
+                if f"{base}-b" in cfgs:
+                    ratio(base, f"{base}-b", t, j, None, f"{NAMES[base]} / {NAMES[base + '-b']}")
+            if "async-pair-log64" in cfgs:
+                ratio("async-pair-log64", "async-pair-nolog", t, j, None, "async pair: 64-extent log (evicting) / log off")
+if len(transports) > 1:
+    for j in (QD1, QD32):
+        if j in jobs:
+            for c in cfgs:
+                ratio_tcp = (med(c, "tcp", j, "iops"), med(c, "unix", j, "iops"))
+                if None not in ratio_tcp and ratio_tcp[1]:
+                    out.append(f"| {NAMES[c]}: tcp / unix | - | {j} | {ratio_tcp[0] / ratio_tcp[1]:.2f}x | - | for information |")
+
+# ---- GC run
+if gc_on == "1":
+    out.append("")
+    out.append("## Garbage collection during a sync-pair run")
+    out.append("")
+    if gc_fail:
+        out.append(f"failed: {gc_fail}")
+    else:
+        g = json.load(open(gc_json))
+        out.append(f"{g['seconds']} s of 4 KiB randwrite QD32 on the sync pair over {g['transport']} (no ramp), "
+                   f"{g['iops']:,.0f} IOPS; counters are the change of each daemon's `runtime` in `status --json` from before "
+                   f"fio to after the catch-up wait ({g['drain']} s), so they include two status calls per daemon. "
+                   f"Writes: the primary's `counters.writes` went up by {g['writes']:,} (fio counted {g['fio_writes']:,}).")
+        out.append("")
+        out.append("| daemon | gen0 | gen1 | gen2 | GC pause ms | allocated MiB | allocated bytes per replicated write |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for side in ("primary", "secondary"):
+            b, a = g[side]["before"] or {}, g[side]["after"] or {}
+            d = lambda k: (a.get(k) or 0) - (b.get(k) or 0)
+            per = d("totalAllocatedBytes") / g["writes"] if g["writes"] else None
+            out.append(f"| {side} | {d('gen0Collections'):,} | {d('gen1Collections'):,} | {d('gen2Collections'):,} | "
+                       f"{d('gcPauseTotalMs'):,.1f} | {d('totalAllocatedBytes') / 1048576:,.1f} | {'n/a' if per is None else f'{per:,.0f}'} |")
 
 if wire_on == "1":
     out.append("")
@@ -941,7 +1167,7 @@ echo "$REPORT"
 echo
 [[ -z "$STOP_NOTES" ]] || log "note: ${STOP_NOTES%; }"
 log "report written to ${OUT_MD#"$REPO"/}, per-run numbers to ${OUT_TSV#"$REPO"/}"
-if ((FAILED)) || ((${#FAIL[@]} > 0)) || [[ -n "$WIRE_FAIL" ]]; then
+if ((FAILED)) || ((${#FAIL[@]} > 0)) || [[ -n "$WIRE_FAIL" ]] || [[ -n "$GC_FAIL" ]]; then
     log "some configurations or runs failed (see above); the report says which"
     exit 1
 fi

@@ -286,6 +286,11 @@ internal static class AdminCommands
         var ci = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine(ci, $"blockrepl {report.Version}, pid {report.Pid}, up since {report.StartedAt:u}");
+        if (report.Runtime is { } rt)
+        {
+            sb.AppendLine(ci, $"gc: collections gen0 {rt.Gen0Collections}  gen1 {rt.Gen1Collections}  gen2 {rt.Gen2Collections}  allocated {rt.TotalAllocatedBytes / 1048576.0:F1} MiB  paused {rt.GcPauseTotalMs:F1} ms");
+        }
+
         foreach (var v in report.Volumes)
         {
             sb.AppendLine();

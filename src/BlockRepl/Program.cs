@@ -10,7 +10,7 @@ var volumeName = new Option<string?>("--volume") { Description = "volume name, a
 var image = new Option<string?>("--image") { Description = "raw image path (default DATA_DIR/NAME.img)" };
 var size = new Option<string?>("--size") { Description = "size of a new image, e.g. 10G; must match an existing one" };
 var role = new Option<string?>("--role") { Description = "primary|secondary for newly created metadata (default primary)" };
-var nbd = new Option<string?>("--nbd") { Description = "NBD endpoint: HOST:PORT, unix:PATH or off (default 127.0.0.1:10809)" };
+var nbd = new Option<string?>("--nbd") { Description = "NBD endpoint: HOST:PORT, unix:PATH, a comma-separated list of them, or off (default 127.0.0.1:10809)" };
 var admin = new Option<string?>("--admin") { Description = "admin endpoint: unix:PATH or 127.0.0.1:PORT (default unix:DATA_DIR/admin.sock)" };
 
 var iscsi = new Option<string?>("--iscsi") { Description = "iSCSI endpoint HOST:PORT, or off (default off)" };

@@ -23,12 +23,14 @@ internal static class ServeCommand
     {
         var volumeOptions = options.ToVolumeOptions();
         var replication = options.ToReplicationOptions();
-        NbdEndpoint? nbdEndpoint = null;
+        // --nbd is one endpoint or a comma-separated list (e.g. a unix socket for a local hypervisor and a TCP port
+        // for a remote one); every listener serves the same exports.
+        List<NbdEndpoint> nbdEndpoints = [];
         if (!string.Equals(options.Nbd, "off", StringComparison.Ordinal))
         {
             try
             {
-                nbdEndpoint = NbdEndpoint.Parse(options.Nbd);
+                nbdEndpoints.AddRange(options.Nbd.Split(',', StringSplitOptions.TrimEntries).Select(NbdEndpoint.Parse));
             }
             catch (FormatException ex)
             {
@@ -145,7 +147,7 @@ internal static class ServeCommand
         DaemonLog.VolumeOpened(log, volume.Name, volume.Size, volume.ImagePath, volume.Role.Name(), volume.Disk.Name());
 
         using var nbd = new NbdServer([new NbdExport(volume, $"blockrepl volume {volume.Name}")], loggers.CreateLogger("nbd"));
-        if (nbdEndpoint is not null)
+        foreach (var nbdEndpoint in nbdEndpoints)
         {
             try
             {
@@ -224,6 +226,12 @@ internal static class ServeCommand
         var nbdUri = nbd.BoundEndpoints.Count == 0 ? "off" : NbdUri(nbd.BoundEndpoints[0], volume.Name);
         var iscsiText = iscsi is null ? "" : $" iscsi={iscsi.BoundEndpoints[0]}";
         var extra = iscsiText + (listenText is null ? "" : $" listen={listenText}") + (replication.Peer is null ? "" : $" peer={replication.Peer}");
+        // Further NBD listeners go last, numbered from 2, so the fields before them keep their place.
+        for (var i = 1; i < nbd.BoundEndpoints.Count; i++)
+        {
+            extra += $" nbd{i + 1}={NbdUri(nbd.BoundEndpoints[i], volume.Name)}";
+        }
+
         Console.Out.WriteLine($"blockrepl: ready volume={volume.Name} nbd={nbdUri} admin={admin}{extra}");
         Console.Out.Flush();
 

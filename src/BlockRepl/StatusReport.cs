@@ -8,14 +8,23 @@ namespace BlockRepl;
 /// `blockrepl status --json`: the Admin service's StatusReply with states as the exact lowercase words of
 /// DESIGN.md and camelCase names, so scripts can rely on them.
 /// </summary>
-internal sealed record StatusReport(string Version, int Pid, DateTimeOffset StartedAt, IReadOnlyList<VolumeReport> Volumes)
+internal sealed record StatusReport(
+    string Version, int Pid, DateTimeOffset StartedAt, RuntimeReport? Runtime, IReadOnlyList<VolumeReport> Volumes)
 {
     public static StatusReport From(StatusReply reply) => new(
         reply.DaemonVersion,
         reply.Pid,
         DateTimeOffset.FromUnixTimeMilliseconds(reply.StartedUnixMs),
+        reply.Runtime is { } rt
+            ? new RuntimeReport((long)rt.Gen0Collections, (long)rt.Gen1Collections, (long)rt.Gen2Collections,
+                (long)rt.TotalAllocatedBytes, Math.Round(rt.GcPauseTotalUs / 1000.0, 3))
+            : null,
         [.. reply.Volumes.Select(VolumeReport.From)]);
 }
+
+/// <summary>The daemon's garbage collector since it started (null from a daemon too old to send it).</summary>
+internal sealed record RuntimeReport(
+    long Gen0Collections, long Gen1Collections, long Gen2Collections, long TotalAllocatedBytes, double GcPauseTotalMs);
 
 internal sealed record VolumeReport(
     string Name,

@@ -30,6 +30,14 @@ internal sealed class AdminService(
             DaemonVersion = typeof(AdminService).Assembly.GetName().Version?.ToString() ?? "0",
             Pid = Environment.ProcessId,
             StartedUnixMs = startedAt.ToUnixTimeMilliseconds(),
+            Runtime = new RuntimeStats
+            {
+                Gen0Collections = (ulong)GC.CollectionCount(0),
+                Gen1Collections = (ulong)GC.CollectionCount(1),
+                Gen2Collections = (ulong)GC.CollectionCount(2),
+                TotalAllocatedBytes = (ulong)GC.GetTotalAllocatedBytes(),
+                GcPauseTotalUs = (ulong)(GC.GetTotalPauseDuration().Ticks / TimeSpan.TicksPerMicrosecond),
+            },
         };
         foreach (var v in Select(request.Volume))
         {

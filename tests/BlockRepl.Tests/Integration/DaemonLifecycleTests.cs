@@ -24,6 +24,40 @@ public sealed class DaemonLifecycleTests
         Assert.True(daemon.StdoutLines.Count == 1, $"expected only the ready line on stdout, got:\n{string.Join('\n', daemon.StdoutLines)}");
     }
 
+    [Fact]
+    public async Task Serve_NbdListOfUnixAndTcp_ServesTheVolumeOnBoth()
+    {
+        using var dir = new TempDirectory();
+        var socket = dir.PathOf("nbd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(dir, nbd: $"unix:{socket},127.0.0.1:0");
+
+        Assert.Equal($"nbd+unix:///vol?socket={socket}", daemon.NbdUri);
+        var tcp = Assert.Single(daemon.MoreNbdUris);
+        Assert.Matches("^nbd://127\\.0\\.0\\.1:[1-9][0-9]*/vol$", tcp);
+
+        // A write through one listener is read back through the other, on connections open at the same time.
+        var result = await NbdPython.RunJsonAsync(
+            """
+            import hashlib, json, random, sys, nbd
+            a, b = nbd.NBD(), nbd.NBD()
+            a.connect_uri(sys.argv[1])
+            b.connect_uri(sys.argv[2])
+            data = random.Random(11).randbytes(256 * 1024)
+            a.pwrite(data, 3 << 20)
+            a.flush()
+            back = b.pread(len(data), 3 << 20)
+            b.pwrite(data[::-1], 9 << 20)
+            b.flush()
+            print(json.dumps({"same": back == data, "reverse": a.pread(len(data), 9 << 20) == data[::-1]}))
+            """,
+            daemon.NbdUri,
+            tcp);
+        Assert.True(result.GetProperty("same").GetBoolean(), "a write over the unix socket was not read back over TCP");
+        Assert.True(result.GetProperty("reverse").GetBoolean(), "a write over TCP was not read back over the unix socket");
+
+        await daemon.StopAsync();
+    }
+
     private const string DurableWriteScript =
         """
         import hashlib, json, random, sys, nbd

@@ -14,9 +14,12 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 {
     private readonly ChildProcess _child;
 
-    private DaemonProcess(ChildProcess child, string dataDir, string volume, string nbdUri, string adminAddress, string imagePath, string? iscsiAddress = null)
+    private DaemonProcess(
+        ChildProcess child, string dataDir, string volume, string nbdUri, string adminAddress, string imagePath, string? iscsiAddress,
+        IReadOnlyList<string> moreNbdUris)
     {
         IscsiAddress = iscsiAddress;
+        MoreNbdUris = moreNbdUris;
         _child = child;
         DataDir = dataDir;
         Volume = volume;
@@ -34,6 +37,9 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     /// <summary>`nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH`, exactly as the ready line said.</summary>
     public string NbdUri { get; }
+
+    /// <summary>The URIs of the further NBD listeners of a `--nbd A,B` list (`nbd2=`, `nbd3=` of the ready line).</summary>
+    public IReadOnlyList<string> MoreNbdUris { get; }
 
     /// <summary>`unix:PATH`, exactly as the ready line said.</summary>
     public string AdminAddress { get; }
@@ -97,9 +103,10 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
             Assert.Equal(volume, m.Groups["volume"].Value);
             Assert.Equal("unix:" + AdminSocketOf(dir), m.Groups["admin"].Value);
             var uri = m.Groups["nbd"].Value;
-            if (nbd is not null && nbd.StartsWith("unix:", StringComparison.Ordinal))
+            var firstNbd = nbd?.Split(',')[0];
+            if (firstNbd is not null && firstNbd.StartsWith("unix:", StringComparison.Ordinal))
             {
-                Assert.Equal($"nbd+unix:///{volume}?socket={nbd["unix:".Length..]}", uri);
+                Assert.Equal($"nbd+unix:///{volume}?socket={firstNbd["unix:".Length..]}", uri);
             }
             else
             {
@@ -108,7 +115,8 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
             var imagePath = image ?? Path.Combine(DataDirOf(dir), volume + ".img");
             var iscsi = m.Groups["iscsi"].Success ? m.Groups["iscsi"].Value : null;
-            return new DaemonProcess(child, DataDirOf(dir), volume, uri, m.Groups["admin"].Value, imagePath, iscsi);
+            var more = m.Groups["more"].Captures.Select(c => c.Value).ToList();
+            return new DaemonProcess(child, DataDirOf(dir), volume, uri, m.Groups["admin"].Value, imagePath, iscsi, more);
         }
         catch
         {
@@ -176,6 +184,6 @@ internal sealed partial class DaemonProcess : IAsyncDisposable
 
     public ValueTask DisposeAsync() => _child.DisposeAsync();
 
-    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: iscsi=(?<iscsi>\S+))?(?: listen=\S+)?(?: peer=\S+)?$")]
+    [GeneratedRegex(@"^blockrepl: ready volume=(?<volume>\S+) nbd=(?<nbd>\S+) admin=(?<admin>\S+)(?: iscsi=(?<iscsi>\S+))?(?: listen=\S+)?(?: peer=\S+)?(?: nbd[0-9]+=(?<more>\S+))*$")]
     private static partial Regex ReadyLine();
 }

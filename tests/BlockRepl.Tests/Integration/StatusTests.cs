@@ -57,6 +57,65 @@ public sealed class StatusTests
         await daemon.StopAsync();
     }
 
+    [Fact]
+    public async Task Status_AfterWrites_ReportsRuntimeGcCountersThatGrow()
+    {
+        using var dir = new TempDirectory();
+        await using var daemon = await DaemonProcess.StartAsync(dir, size: "64M");
+
+        var before = Runtime(await daemon.StatusJsonAsync());
+        var done = await NbdPython.RunJsonAsync(
+            """
+            import json, sys, nbd
+            h = nbd.NBD()
+            h.connect_uri(sys.argv[1])
+            for i in range(256):
+                h.pwrite(bytes([i % 251 + 1]) * 65536, i * 65536)
+            h.flush()
+            h.shutdown()
+            print(json.dumps({"ok": True}))
+            """,
+            daemon.NbdUri);
+        Assert.True(done.GetProperty("ok").GetBoolean());
+        var after = Runtime(await daemon.StatusJsonAsync());
+
+        // A running .NET process has allocated before it answers its first status call, and 256 writes over NBD
+        // plus a second gRPC call allocate more (each status reply alone is a new protobuf message).
+        Assert.True(before.Allocated > 0, $"totalAllocatedBytes {before.Allocated}");
+        Assert.True(after.Allocated > before.Allocated, $"totalAllocatedBytes did not grow: {before.Allocated} -> {after.Allocated}");
+        for (var g = 0; g < 3; g++)
+        {
+            Assert.True(after.Collections[g] >= before.Collections[g], $"gen{g} collections went down: {before.Collections[g]} -> {after.Collections[g]}");
+        }
+
+        // CollectionCount(n) counts collections of generation n or higher, so the counts never increase with n.
+        Assert.True(after.Collections[0] >= after.Collections[1] && after.Collections[1] >= after.Collections[2],
+            $"collection counts not ordered gen0 >= gen1 >= gen2: {string.Join(", ", after.Collections)}");
+        Assert.True(after.PauseMs >= before.PauseMs && before.PauseMs >= 0, $"gcPauseTotalMs: {before.PauseMs} -> {after.PauseMs}");
+        Assert.True(after.Collections[0] > 0 || after.PauseMs == 0, $"a GC pause of {after.PauseMs} ms with no collection");
+
+        // The human-readable form has the same counters on one line.
+        var text = (await Tool.RunAsync(RepoLayout.DaemonBinary, ["status", "--admin", daemon.AdminAddress], Tool.DefaultTimeout)).EnsureSuccess();
+        Assert.Contains("gc: collections gen0 ", text.Stdout, StringComparison.Ordinal);
+
+        await daemon.StopAsync();
+    }
+
+    private sealed record RuntimeCounters(long[] Collections, long Allocated, double PauseMs);
+
+    private static RuntimeCounters Runtime(JsonElement status)
+    {
+        Assert.True(status.TryGetProperty("runtime", out var rt) && rt.ValueKind == JsonValueKind.Object, $"no runtime object: {status}");
+        Assert.True(rt.TryGetProperty("gcPauseTotalMs", out var pause) && pause.ValueKind == JsonValueKind.Number, $"no gcPauseTotalMs: {rt}");
+        return new RuntimeCounters(
+            [Field(rt, "gen0Collections"), Field(rt, "gen1Collections"), Field(rt, "gen2Collections")],
+            Field(rt, "totalAllocatedBytes"),
+            pause.GetDouble());
+    }
+
+    private static long Field(JsonElement parent, string name) =>
+        parent.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetInt64() : Fail(name, parent);
+
     private static JsonElement Volume(JsonElement status)
     {
         var volumes = status.GetProperty("volumes");
@@ -70,9 +129,9 @@ public sealed class StatusTests
         return CounterNames.ToDictionary(n => n, n => counters.TryGetProperty(n, out var v) ? v.GetInt64() : Fail(n, counters));
     }
 
-    private static long Fail(string name, JsonElement counters)
+    private static long Fail(string name, JsonElement parent)
     {
-        Assert.Fail($"counter '{name}' missing: {counters}");
+        Assert.Fail($"'{name}' missing: {parent}");
         return 0;
     }
 
