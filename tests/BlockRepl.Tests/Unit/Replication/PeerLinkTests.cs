@@ -132,14 +132,14 @@ public sealed class PeerLinkTests
             using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
             var take = await TakeAsync(link, writer);
 
-            link.PersistExtents([(5u, take.LastSeq)]); // evicted while its record is in flight
+            link.Bitmap.PersistExtents([(5u, take.LastSeq)]); // evicted while its record is in flight
             Assert.Equal(1024, OnDiskBits(meta, 5));
             Assert.Equal(0, link.Snapshot().DirtyBytes); // memory is untouched: the record covers it
 
-            link.PersistExtents([(5u, 0UL)]); // another eviction in the page, record still in flight: kept
+            link.Bitmap.PersistExtents([(5u, 0UL)]); // another eviction in the page, record still in flight: kept
             Assert.Equal(1024, OnDiskBits(meta, 5));
             Assert.True(link.OnAck(take.LastSeq, take.LastSeq, take.LastSeq)); // durable on the peer
-            link.PersistExtents([(6u, 0UL)]); // the same page written again: the forced bits clear now
+            link.Bitmap.PersistExtents([(6u, 0UL)]); // the same page written again: the forced bits clear now
             Assert.Equal(0, OnDiskBits(meta, 5));
         }
         finally
