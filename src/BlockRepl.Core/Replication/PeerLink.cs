@@ -238,7 +238,6 @@ internal sealed class PeerLink
         }
     }
 
-    /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
     /// <summary>Clears the bitmap in memory (a diskless node has nothing to resync from).</summary>
     public void ClearAll()
     {
@@ -249,6 +248,7 @@ internal sealed class PeerLink
         }
     }
 
+    /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
     public void ClearAllAndPersist()
     {
         ClearAll();
@@ -338,6 +338,24 @@ internal sealed class PeerLink
     public bool Ahead => _state.Ahead;
 
     public bool ResyncActive => _state.Resyncing;
+
+    // The running resync's End marker is queued (TryEndResync) and not taken yet. Guarded by _gate.
+    private bool _resyncEndQueued;
+
+    /// <summary>
+    /// A resync is begun and its End marker is not queued yet: someone must drive it (<see cref="Volume.RunResyncAsync"/>).
+    /// False between <see cref="TryEndResync"/> and the End marker going out, while <see cref="ResyncActive"/> is still true.
+    /// </summary>
+    public bool ResyncUnfinished
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _state.Resyncing && !_resyncEndQueued;
+            }
+        }
+    }
 
     public bool Accepted => _state.Accepted;
 
@@ -907,6 +925,7 @@ internal sealed class PeerLink
 
     private void BeginResyncLocked(bool full)
     {
+        _resyncEndQueued = false;
         MoveLocked(LinkEvent.BeginResync);
         _resyncFull = full;
         _resyncTotal = _bitmap.DirtyBytes;
@@ -1009,6 +1028,7 @@ internal sealed class PeerLink
 
             _queue.Enqueue(new LinkItem { Marker = new LinkMarker(false, _resyncTotal, _resyncFull, generation), EnqueuedAt = Stopwatch.GetTimestamp() });
             _lastResync = (_resyncDone, Stopwatch.GetElapsedTime(_resyncStarted).TotalSeconds, _resyncReason, _resyncFull);
+            _resyncEndQueued = true;
             _holesMaySkip = false; // only the first sync of a fresh target may skip holes
             WakeShipperLocked();
             return true;

@@ -90,6 +90,32 @@ public sealed class PeerLinkTests
     }
 
     [Fact]
+    public async Task ResyncUnfinished_FalseOnceTheEndMarkerIsQueued_WhileResyncActiveLastsUntilItGoesOut()
+    {
+        // The resync loop waits on ResyncUnfinished: driving a resync again while its End marker waits to go out
+        // would queue a second End.
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
+        link.MarkDirty(0, 4096);
+        link.OpenStream();
+        Assert.True(link.StreamAccepted(false));
+        Assert.True(link.ResyncUnfinished);
+        Assert.True(link.TakeResyncRun(1 << 20, out var offset, out var length));
+        link.SubmitResync(offset, length, new byte[length], skip: false);
+        Assert.True(link.TryEndResync(0x77));
+        Assert.True(link.ResyncActive);
+        Assert.False(link.ResyncUnfinished);
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        Assert.True((await TakeAsync(link, writer)).Marker!.Begin);
+        Assert.Equal(1, (await TakeAsync(link, writer)).Records);
+        Assert.False((await TakeAsync(link, writer)).Marker!.Begin);
+        Assert.False(link.ResyncActive);
+
+        link.MarkDirty(8192, 4096); // a later resync is unfinished again from its Begin
+        Assert.True(link.BeginResync(full: false));
+        Assert.True(link.ResyncUnfinished);
+    }
+
+    [Fact]
     public async Task Async_QueueOverflow_GoesAhead_DropsToBitmap_LeavesAheadOnceTheLinkDrained()
     {
         var link = new PeerLink(Size, ReplicationMode.Async, PeerLossPolicy.Continue, 2 << 20);
