@@ -15,9 +15,11 @@ namespace BlockRepl.Core;
 /// 2  Volume._metaGate              VolumeMetadata and its saves                   4, 5, 7 (EndSyncTarget persists the
 ///                                                                                 cleared bitmap)
 /// 3  ActivityLog._gate             extents: hot, held, waiters                    5 (SafeSeq when choosing victims), 7
-/// 4  PeerLink._persistGate         bitmap page writes, one writer at a time       5, 7
-/// 5  PeerLink._gate                the link: state, queue, seqs, acks, waiters,   7 (AttachStore reads the bitmap)
-///                                  in-memory bitmap, probes, peer reads
+/// 4  PersistentBitmap._persistGate bitmap page writes, one writer at a time       5, 7
+/// 5  PeerLink._gate                the link: state, queue, seqs, acks, waiters,   7 (Attach reads the bitmap)
+///                                  probes, peer reads; and the PersistentBitmap's
+///                                  in-memory side (bits, on-disk copy, taken,
+///                                  forced), which it is handed at construction
 /// 6  CoalescingFlush._gate         flush rounds                                   none
 /// 7  MetaFile._gate                the NAME.meta slots                            none
 /// 8  WriteWaiterPool._gate         the free list of write waiters                 none

@@ -115,6 +115,43 @@ public sealed partial class Volume : IDisposable
 
     public VolumeRole Role => _role;
 
+    // Completed and replaced at each change of _role (SetRoleLocked). Continuations run asynchronously, never
+    // under the ordering lock that changes the role.
+    private TaskCompletionSource _roleChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Completes at the next change of <see cref="Role"/>. Take it before reading the role: a change after that
+    /// completes it, so none is missed between the read and the wait.
+    /// </summary>
+    public Task RoleChanged => Volatile.Read(ref _roleChanged).Task;
+
+    /// <summary>Waits (signalled, not polled) until the volume has <paramref name="role"/>.</summary>
+    public async Task WaitForRoleAsync(VolumeRole role, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var changed = RoleChanged;
+            if (_role == role)
+            {
+                return;
+            }
+
+            await changed.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The one place the role changes after the volume opened (under <see cref="_order"/>); signals <see cref="RoleChanged"/>.</summary>
+    private void SetRoleLocked(VolumeRole role)
+    {
+        if (_role == role)
+        {
+            return;
+        }
+
+        _role = role;
+        Interlocked.Exchange(ref _roleChanged, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
     public DiskState Disk => _disk;
 
     /// <summary>The connection state of DESIGN.md, from the sending side (a link) or the receiving side.</summary>

@@ -93,6 +93,57 @@ public sealed partial class Volume
     /// <summary>True while a replication stream to the peer is open (sending side).</summary>
     public bool IsStreaming => _link is { } link && link.Streaming;
 
+    /// <summary>
+    /// Waits until this node is no longer primary, no stream to the peer is open, or everything written is durable
+    /// on the peer, at most <paramref name="timeout"/> (signalled by the link and the role, not polled). Returns
+    /// at once without a peer.
+    /// </summary>
+    public async Task WaitForReplicationDrainAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (_link is not null)
+        {
+            await WaitUntilAsync(l => _role != VolumeRole.Primary || !l.Streaming || l.IsDrained, timeout, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Waits until <paramref name="condition"/> holds, checking it now and again at each change of the link
+    /// (<see cref="PeerLink.WaitUntilAsync"/>) and of <see cref="Role"/> (the condition may read both). Returns false
+    /// when <paramref name="timeout"/> (<see cref="Timeout.InfiniteTimeSpan"/>: none) passes first. Needs a peer.
+    /// </summary>
+    internal async Task<bool> WaitUntilAsync(Func<PeerLink, bool> condition, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var link = _link ?? throw new InvalidOperationException("no peer is configured");
+        var infinite = timeout == Timeout.InfiniteTimeSpan;
+        var started = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            var roleChanged = RoleChanged; // taken before the link checks the condition: a later change completes it
+            var left = infinite ? Timeout.InfiniteTimeSpan : timeout - Stopwatch.GetElapsedTime(started);
+            if (!infinite && left < TimeSpan.Zero)
+            {
+                left = TimeSpan.Zero;
+            }
+
+            using var roleFirst = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            var linkWait = link.WaitUntilAsync(condition, left, roleFirst.Token);
+            if (await Task.WhenAny(linkWait, roleChanged).ConfigureAwait(false) == linkWait)
+            {
+                return await linkWait.ConfigureAwait(false);
+            }
+
+            await roleFirst.CancelAsync().ConfigureAwait(false);
+            try
+            {
+                return await linkWait.ConfigureAwait(false); // it may have finished meanwhile
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                // the role changed first: check the condition again
+            }
+        }
+    }
+
     /// <summary>The replication mode when a peer is configured.</summary>
     public ReplicationMode? Mode => _link?.Mode;
 
@@ -586,7 +637,7 @@ public sealed partial class Volume
             _disk = DiskState.UpToDate;
             _bumpPending = false;
             _peerGeneration = 0;
-            _role = VolumeRole.Primary;
+            SetRoleLocked(VolumeRole.Primary);
         }
 
         ConnectionHistory.Enter(Connection);
@@ -610,7 +661,7 @@ public sealed partial class Volume
 
         lock (_order)
         {
-            _role = VolumeRole.Secondary; // writes arriving from now on get EPERM
+            SetRoleLocked(VolumeRole.Secondary); // writes arriving from now on get EPERM
         }
 
         var link = _link;
@@ -710,7 +761,7 @@ public sealed partial class Volume
     {
         lock (_order)
         {
-            _role = VolumeRole.Secondary;
+            SetRoleLocked(VolumeRole.Secondary);
             _bumpPending = false;
             lock (_metaGate)
             {
@@ -744,7 +795,7 @@ public sealed partial class Volume
     {
         lock (_order)
         {
-            _role = VolumeRole.Secondary;
+            SetRoleLocked(VolumeRole.Secondary);
             lock (_metaGate)
             {
                 // This image may hold writes the newer peer never got (in flight at the loss, or the activity

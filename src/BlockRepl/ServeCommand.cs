@@ -240,7 +240,8 @@ internal static class ServeCommand
         iscsi?.Stop(DrainTimeout);
         if (connector is not null)
         {
-            await WaitForDrainAsync(volume, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            // A primary that stops gives its peer a moment to acknowledge what is in flight.
+            await volume.WaitForReplicationDrainAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
             await connector.DisposeAsync().ConfigureAwait(false);
         }
 
@@ -259,16 +260,6 @@ internal static class ServeCommand
         }
 
         return 0;
-    }
-
-    /// <summary>A primary that stops gives its peer a moment to acknowledge what is in flight.</summary>
-    private static async Task WaitForDrainAsync(Volume volume, TimeSpan timeout)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (volume.Role == Core.VolumeRole.Primary && volume.IsStreaming && !volume.IsReplicationDrained && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(20).ConfigureAwait(false);
-        }
     }
 
     private static string BoundReplicationAddress(WebApplication app, IPEndPoint requested)

@@ -84,7 +84,7 @@ internal sealed class ChecksumProbes
     }
 
     /// <summary>The stream closed: unanswered probes fail, and unsettled resync ranges go back to <paramref name="bitmap"/>.</summary>
-    public void ReturnAll(DirtyBitmap bitmap)
+    public void ReturnAll(PersistentBitmap bitmap)
     {
         foreach (var probe in _waiting.Values)
         {

@@ -9,8 +9,8 @@ namespace BlockRepl.Core.Replication;
 /// 4 KiB per bit, as DRBD: a 4 KiB random write dirties exactly one chunk, so a resync after a short outage
 /// sends what was written and nothing more; the cost is 32 KiB of memory per GiB of volume, and the same on disk
 /// in <c>NAME.meta</c>, where one 4 KiB page covers 128 MiB of volume (32 activity-log extents), so flushing the
-/// bits of an extent leaving the activity log is a single page write. Not thread-safe: <see cref="PeerLink"/>
-/// guards it with its lock and persists it (<see cref="ActivityLog"/> says when).
+/// bits of an extent leaving the activity log is a single page write. Not thread-safe: <see cref="PersistentBitmap"/>
+/// holds it and persists it (<see cref="ActivityLog"/> says when), under its <see cref="PeerLink"/>'s lock.
 /// </remarks>
 public sealed class DirtyBitmap
 {

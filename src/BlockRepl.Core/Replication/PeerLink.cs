@@ -112,7 +112,7 @@ internal sealed class PeerLink
     private long _lastAppRecordAt;
     private bool _announceAhead; // went ahead: the shipper tells the peer at once (a ping), not at the next keepalive
     private readonly List<TaskCompletionSource> _streamWaiters = [];
-    private readonly DirtyBitmap _bitmap;
+    private readonly PersistentBitmap _bitmap; // its in-memory side guarded by _gate
     private readonly ShipperSignal _wake = new();
     private ulong _nextSeq = 1;
     private ulong _received;
@@ -142,10 +142,7 @@ internal sealed class PeerLink
     private string _resyncReason = "";
     private ConnectionState _reported = ConnectionState.Connecting; // as last reported to StateChanged
     private (long Bytes, double Seconds, string Reason, bool Full) _lastResync;
-    private MetaFile? _meta;
-    private ActivityLog? _al;
-    private ulong[]? _onDisk;
-    private readonly Lock _persistGate = new();
+    private ActivityLog? _al; // told when the safe seq moves (bound to the bitmap by AttachStore)
     private readonly ChecksumProbes _probes = new(); // guarded by _gate
     private readonly PeerReads _reads = new(); // guarded by _gate
     private volatile bool _peerChecksums;
@@ -153,7 +150,7 @@ internal sealed class PeerLink
     public PeerLink(long sizeBytes, ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxQueueBytes, LocksAndLimits.MinSendQueueBytes);
-        _bitmap = new DirtyBitmap(sizeBytes);
+        _bitmap = new PersistentBitmap(sizeBytes, _gate, BitmapHorizonLocked);
         Mode = mode;
         OnPeerLoss = onPeerLoss;
         MaxQueueBytes = maxQueueBytes;
@@ -169,15 +166,21 @@ internal sealed class PeerLink
     {
         lock (_gate)
         {
-            _meta = meta;
             _al = al;
-            _onDisk = new ulong[_bitmap.Words.Length];
-            meta.ReadBitmap(_onDisk);
-            _bitmap.Or(_onDisk);
         }
 
-        al?.Bind(() => SafeSeq, PersistExtents, () => Volatile.Write(ref _onDiskUnknown, true));
+        _bitmap.Attach(meta, al, () => SafeSeq);
     }
+
+    /// <summary>The persistent dirty bitmap (its bit methods only under the link's lock).</summary>
+    public PersistentBitmap Bitmap => _bitmap;
+
+    /// <summary>What a bitmap page may drop on disk now (called by the bitmap under <see cref="_gate"/>).</summary>
+    private BitmapHorizon BitmapHorizonLocked() => new(
+        // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
+        // records (whose bits were cleared when taken) are still short of durable on the peer.
+        MayClear: !_state.Streaming || (!_state.Resyncing && _durable >= _lastResyncSeq),
+        SafeSeq: _state.Streaming ? _durable : _nextSeq - 1);
 
     /// <summary>Marks whole activity-log extents dirty (after a crash: what the log names may differ anywhere).</summary>
     public void MarkExtents(IEnumerable<uint> extents)
@@ -211,142 +214,8 @@ internal sealed class PeerLink
     /// <summary>The seq of the last record assigned. Read under the volume's ordering lock, which every assignment holds.</summary>
     public ulong LastAssignedSeq => Volatile.Read(ref _nextSeq) - 1;
 
-    private const int WordsPerExtent = (int)(MetaFile.ExtentBytes >> DirtyBitmap.ChunkShift) / 64;
-
-    // Extents evicted from the activity log while records in them were still on their way: their bits stay set on
-    // disk until the safe seq passes the extent's last seq. Guarded by _gate.
-    private readonly Dictionary<uint, ulong> _forced = [];
-
-    // Chunks a resync took (cleared in memory) whose records are not durable on the peer yet: written set with
-    // every page until the resync's records are safe, so a taken bit is never only in memory. Guarded by _gate.
-    private DirtyBitmap? _taken;
-
-    // A bitmap write or sync failed: _onDisk may be ahead of the disk, so every page is written until PersistAll works.
-    private bool _onDiskUnknown;
-
-    /// <summary>
-    /// Writes the bitmap pages holding <paramref name="extents"/>' bits (not synced: the caller syncs). An extent with
-    /// an UntilSeq above 0 had records in flight: its bits are written all set and kept set until they are safe.
-    /// </summary>
-    public void PersistExtents(IReadOnlyList<(uint Extent, ulong UntilSeq)> extents)
-    {
-        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
-        lock (_gate)
-        {
-            foreach (var (extent, until) in extents)
-            {
-                if (until > 0)
-                {
-                    _forced[extent] = Math.Max(until, _forced.GetValueOrDefault(extent));
-                }
-            }
-        }
-
-        var pages = extents.Select(e => (long)e.Extent * WordsPerExtent / wordsPerPage).Distinct().Order();
-        PersistPages(pages);
-    }
-
     /// <summary>Writes every bitmap page that differs from what is on disk, then syncs.</summary>
-    public void PersistAll()
-    {
-        if (_meta is null)
-        {
-            return;
-        }
-
-        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
-        try
-        {
-            PersistPages(Enumerable.Range(0, (_bitmap.Words.Length + wordsPerPage - 1) / wordsPerPage).Select(p => (long)p));
-            _meta.Sync();
-        }
-        catch (IOException)
-        {
-            Volatile.Write(ref _onDiskUnknown, true);
-            throw;
-        }
-
-        Volatile.Write(ref _onDiskUnknown, false);
-    }
-
-    private void PersistPages(IEnumerable<long> pages)
-    {
-        if (_meta is null || _onDisk is null)
-        {
-            return;
-        }
-
-        const int wordsPerPage = MetaFile.BitmapPageBytes / 8;
-        var page = new ulong[wordsPerPage];
-        lock (_persistGate)
-        {
-            foreach (var p in pages)
-            {
-                var first = (int)(p * wordsPerPage);
-                var count = Math.Min(wordsPerPage, _bitmap.Words.Length - first);
-                if (count <= 0)
-                {
-                    continue;
-                }
-
-                bool changed;
-                lock (_gate)
-                {
-                    // A bit may be cleared on disk only when memory holds every range that may differ: not while resync
-                    // records (whose bits were cleared when taken) are still short of durable on the peer.
-                    var mayClear = !_state.Streaming || (!_state.Resyncing && _durable >= _lastResyncSeq);
-                    if (mayClear)
-                    {
-                        _taken?.Clear();
-                    }
-
-                    changed = false;
-                    for (var i = 0; i < count; i++)
-                    {
-                        var value = _bitmap.Words[first + i] | (mayClear ? 0 : _onDisk[first + i]) | (_taken?.Words[first + i] ?? 0);
-                        page[i] = value;
-                    }
-
-                    if (_forced.Count > 0)
-                    {
-                        // Extents evicted with records in flight: all set until the safe seq passes them.
-                        var safe = _state.Streaming ? _durable : _nextSeq - 1;
-                        var firstExtent = (uint)(first / WordsPerExtent);
-                        for (var e = firstExtent; e < firstExtent + (uint)((count + WordsPerExtent - 1) / WordsPerExtent); e++)
-                        {
-                            if (!_forced.TryGetValue(e, out var until))
-                            {
-                                continue;
-                            }
-
-                            if (until <= safe)
-                            {
-                                _forced.Remove(e);
-                                continue;
-                            }
-
-                            var at = (int)(e - firstExtent) * WordsPerExtent;
-                            for (var w = at; w < at + WordsPerExtent && w < count; w++)
-                            {
-                                page[w] = ulong.MaxValue;
-                            }
-                        }
-                    }
-
-                    changed = Volatile.Read(ref _onDiskUnknown) || !page.AsSpan(0, count).SequenceEqual(_onDisk.AsSpan(first, count));
-                }
-
-                if (changed)
-                {
-                    _meta.WriteBitmap(page.AsSpan(0, count), first);
-                    lock (_gate)
-                    {
-                        page.AsSpan(0, count).CopyTo(_onDisk.AsSpan(first)); // only once written (and serialized by _persistGate)
-                    }
-                }
-            }
-        }
-    }
+    public void PersistAll() => _bitmap.PersistAll();
 
     /// <summary>This node's dirty runs, for a peer about to resync this node (it ORs them into its own bitmap).</summary>
     public List<ulong> DirtyRuns(int maxPairs)
@@ -372,7 +241,6 @@ internal sealed class PeerLink
         }
     }
 
-    /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
     /// <summary>Clears the bitmap in memory (a diskless node has nothing to resync from).</summary>
     public void ClearAll()
     {
@@ -383,6 +251,7 @@ internal sealed class PeerLink
         }
     }
 
+    /// <summary>Clears the bitmap and persists that (this node was resynced from its peer completely).</summary>
     public void ClearAllAndPersist()
     {
         ClearAll();
@@ -472,6 +341,24 @@ internal sealed class PeerLink
     public bool Ahead => _state.Ahead;
 
     public bool ResyncActive => _state.Resyncing;
+
+    // The running resync's End marker is queued (TryEndResync) and not taken yet. Guarded by _gate.
+    private bool _resyncEndQueued;
+
+    /// <summary>
+    /// A resync is begun and its End marker is not queued yet: someone must drive it (<see cref="Volume.RunResyncAsync"/>).
+    /// False between <see cref="TryEndResync"/> and the End marker going out, while <see cref="ResyncActive"/> is still true.
+    /// </summary>
+    public bool ResyncUnfinished
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _state.Resyncing && !_resyncEndQueued;
+            }
+        }
+    }
 
     public bool Accepted => _state.Accepted;
 
@@ -958,18 +845,6 @@ internal sealed class PeerLink
         }
     }
 
-    /// <summary>A resync took these chunks out of the bitmap: they stay set on disk until its records are safe.</summary>
-    private void MarkTakenLocked(long offset, long length)
-    {
-        if (_onDisk is null)
-        {
-            return;
-        }
-
-        _taken ??= new DirtyBitmap((long)_onDisk.Length * 64 * DirtyBitmap.ChunkSize);
-        _taken.Mark(offset, length);
-    }
-
     /// <summary>The shipper sent a batch: counts for status.</summary>
     public void CountSent(int records, long payloadBytes, long wireBytes)
     {
@@ -1077,6 +952,7 @@ internal sealed class PeerLink
 
     private void BeginResyncLocked(bool full)
     {
+        _resyncEndQueued = false;
         MoveLocked(LinkEvent.BeginResync);
         _resyncFull = full;
         _resyncTotal = _bitmap.DirtyBytes;
@@ -1112,12 +988,12 @@ internal sealed class PeerLink
             return false;
         }
 
+        // Cleared in memory; kept set on disk as taken until its records are safe (or a probe settles).
         if (!_bitmap.TakeRun(_resyncCursor, maxBytes, out offset, out length))
         {
             return false;
         }
 
-        MarkTakenLocked(offset, length); // on disk until its records are safe (or a probe settles)
         if (!mayWrap && offset < _resyncCursor)
         {
             _bitmap.Mark(offset, length);
@@ -1179,6 +1055,7 @@ internal sealed class PeerLink
 
             _queue.Enqueue(new LinkItem { Marker = new LinkMarker(false, _resyncTotal, _resyncFull, generation), EnqueuedAt = Stopwatch.GetTimestamp() });
             _lastResync = (_resyncDone, Stopwatch.GetElapsedTime(_resyncStarted).TotalSeconds, _resyncReason, _resyncFull);
+            _resyncEndQueued = true;
             _holesMaySkip = false; // only the first sync of a fresh target may skip holes
             WakeShipperLocked();
             return true;

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using BlockRepl.Core;
 using BlockRepl.Core.Journal;
 using BlockRepl.Core.Replication;
@@ -96,7 +97,7 @@ internal sealed class PeerConnector : IAsyncDisposable
             if (_volume.Role != CoreRole.Primary)
             {
                 announced = false;
-                await Task.Delay(100, stop).ConfigureAwait(false);
+                await _volume.WaitForRoleAsync(CoreRole.Primary, stop).ConfigureAwait(false);
                 continue;
             }
 
@@ -374,10 +375,10 @@ internal sealed class PeerConnector : IAsyncDisposable
     private async Task ResyncLoopAsync(bool needResync, bool full, PeerLink link, CancellationToken token)
     {
         var first = true;
-        DateTime? demotedAt = null;
+        long? demotedAt = null;
         while (true)
         {
-            if (needResync || link.ResyncActive || (link.HasDirty && !link.Ahead))
+            if (needResync || ResyncDue(link))
             {
                 // Also after a demotion: a resync that is due (or begun) must finish, or the peer stays inconsistent.
                 Action<string> log = message => ReplicationLog.Info(_log, _volume.Name, message);
@@ -390,21 +391,36 @@ internal sealed class PeerConnector : IAsyncDisposable
                 await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
                 needResync = false;
                 first = false;
+                continue;
             }
-            else if (_volume.Role != CoreRole.Primary)
+
+            var demoted = _volume.Role != CoreRole.Primary;
+            var drainLeft = Timeout.InfiniteTimeSpan;
+            if (demoted)
             {
                 // Demoted: keep the stream until the peer has every write durable (the demotion waits for that),
                 // then end it. A write the peer never acknowledged then fails instead of completing.
-                demotedAt ??= DateTime.UtcNow;
-                if (link.WasDrained || DateTime.UtcNow - demotedAt > DemoteDrainLimit)
+                demotedAt ??= Stopwatch.GetTimestamp();
+                drainLeft = DemoteDrainLimit - Stopwatch.GetElapsedTime(demotedAt.Value);
+                if (link.WasDrained || drainLeft <= TimeSpan.Zero)
                 {
                     return;
                 }
             }
 
-            await Task.Delay(50, token).ConfigureAwait(false);
+            // Nothing to do now: wait (signalled by the link and the role) until there is, or for the drain limit.
+            await _volume.WaitUntilAsync(
+                l => ResyncDue(l) || (_volume.Role != CoreRole.Primary && (!demoted || l.WasDrained)),
+                drainLeft, token).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// A resync must be driven: one is begun and its End marker is not queued yet, or bits are dirty with no resync
+    /// running (a repair, a failed local write, a range given back) and the link can carry one (streaming, not ahead).
+    /// </summary>
+    private static bool ResyncDue(PeerLink link) =>
+        link.Streaming && !link.Ahead && (link.ResyncUnfinished || (link.HasDirty && !link.ResyncActive));
 
     private static void CancelQuietly(CancellationTokenSource source)
     {

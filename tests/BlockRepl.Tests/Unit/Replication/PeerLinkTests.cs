@@ -90,6 +90,32 @@ public sealed class PeerLinkTests
     }
 
     [Fact]
+    public async Task ResyncUnfinished_FalseOnceTheEndMarkerIsQueued_WhileResyncActiveLastsUntilItGoesOut()
+    {
+        // The resync loop waits on ResyncUnfinished: driving a resync again while its End marker waits to go out
+        // would queue a second End.
+        var link = new PeerLink(Size, ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
+        link.MarkDirty(0, 4096);
+        link.OpenStream();
+        Assert.True(link.StreamAccepted(false));
+        Assert.True(link.ResyncUnfinished);
+        Assert.True(link.TakeResyncRun(1 << 20, out var offset, out var length));
+        link.SubmitResync(offset, length, new byte[length], skip: false);
+        Assert.True(link.TryEndResync(0x77));
+        Assert.True(link.ResyncActive);
+        Assert.False(link.ResyncUnfinished);
+        using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
+        Assert.True((await TakeAsync(link, writer)).Marker!.Begin);
+        Assert.Equal(1, (await TakeAsync(link, writer)).Records);
+        Assert.False((await TakeAsync(link, writer)).Marker!.Begin);
+        Assert.False(link.ResyncActive);
+
+        link.MarkDirty(8192, 4096); // a later resync is unfinished again from its Begin
+        Assert.True(link.BeginResync(full: false));
+        Assert.True(link.ResyncUnfinished);
+    }
+
+    [Fact]
     public async Task Async_QueueOverflow_GoesAhead_DropsToBitmap_LeavesAheadOnceTheLinkDrained()
     {
         var link = new PeerLink(Size, ReplicationMode.Async, PeerLossPolicy.Continue, 2 << 20);
@@ -132,14 +158,14 @@ public sealed class PeerLinkTests
             using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
             var take = await TakeAsync(link, writer);
 
-            link.PersistExtents([(5u, take.LastSeq)]); // evicted while its record is in flight
+            link.Bitmap.PersistExtents([(5u, take.LastSeq)]); // evicted while its record is in flight
             Assert.Equal(1024, OnDiskBits(meta, 5));
             Assert.Equal(0, link.Snapshot().DirtyBytes); // memory is untouched: the record covers it
 
-            link.PersistExtents([(5u, 0UL)]); // another eviction in the page, record still in flight: kept
+            link.Bitmap.PersistExtents([(5u, 0UL)]); // another eviction in the page, record still in flight: kept
             Assert.Equal(1024, OnDiskBits(meta, 5));
             Assert.True(link.OnAck(take.LastSeq, take.LastSeq, take.LastSeq)); // durable on the peer
-            link.PersistExtents([(6u, 0UL)]); // the same page written again: the forced bits clear now
+            link.Bitmap.PersistExtents([(6u, 0UL)]); // the same page written again: the forced bits clear now
             Assert.Equal(0, OnDiskBits(meta, 5));
         }
         finally
