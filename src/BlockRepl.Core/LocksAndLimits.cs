@@ -25,10 +25,8 @@ namespace BlockRepl.Core;
 /// 8  WriteWaiterPool._gate         the free list of write waiters                 none
 /// </code>
 /// <para>Callbacks out of a lock: the activity log's <c>NotifyProgress</c> and <c>Commit</c> run after the link's
-/// lock is released (thread pool). Waiters' continuations run asynchronously
-/// (<see cref="TaskCreationOptions.RunContinuationsAsynchronously"/>), except a write acknowledged by the peer: its
-/// waiter is completed after the link's lock is released, inline on the ack loop's thread (one thread-pool hop less
-/// per sync write). No continuation runs under a lock.</para>
+/// lock is released (thread pool), and waiters' continuations run asynchronously (on the thread pool), so no
+/// continuation runs under a lock, and none on the ack loop's thread: a front end's reply can block on a slow client.</para>
 /// <para><b>Backpressure thresholds.</b> The send queue bound B is <c>serve --send-queue</c> (at least
 /// <see cref="MinSendQueueBytes"/>).</para>
 /// <code>

@@ -668,7 +668,7 @@ internal sealed class PeerLink
                     }
                     else
                     {
-                        w.Done.Complete(inline: false);
+                        w.Done.Complete();
                     }
                 }
             }
@@ -902,11 +902,12 @@ internal sealed class PeerLink
             SignalChangedLocked();
         }
 
-        // Outside the lock, on the ack loop's thread: each acknowledged write's continuation (the front end's
-        // reply) runs here, without a hop through the thread pool.
+        // Outside the lock, and on the thread pool, not inline: a front end's reply is a blocking send under its
+        // connection's lock, and a client that stops reading must not stall this volume's ack loop (its silence
+        // would read as a dead peer).
         foreach (var done in _ackedWaiters)
         {
-            done.Complete(inline: true);
+            done.Complete();
         }
 
         _ackedWaiters.Clear();
@@ -1422,7 +1423,7 @@ internal sealed class PeerLink
     {
         foreach (var waiter in _blocked)
         {
-            waiter.Complete(inline: false);
+            waiter.Complete();
         }
 
         _blocked.Clear();

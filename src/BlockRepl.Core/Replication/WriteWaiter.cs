@@ -22,22 +22,11 @@ internal sealed class WriteWaiter : IValueTaskSource
     /// <summary>The awaitable for the current use; take it once.</summary>
     public ValueTask AsValueTask() => new(this, _core.Version);
 
-    /// <summary>
-    /// The peer has the write. <paramref name="inline"/>: the waiting write's continuation runs on this thread (the
-    /// caller holds no lock); otherwise on the thread pool.
-    /// </summary>
-    public void Complete(bool inline)
-    {
-        _core.RunContinuationsAsynchronously = !inline;
-        _core.SetResult(true);
-    }
+    /// <summary>The peer has the write: the waiting write goes on, on the thread pool (never on the completing thread).</summary>
+    public void Complete() => _core.SetResult(true);
 
     /// <summary>The write must not be reported done (no longer primary, volume closing).</summary>
-    public void Fail(Exception reason)
-    {
-        _core.RunContinuationsAsynchronously = true;
-        _core.SetException(reason);
-    }
+    public void Fail(Exception reason) => _core.SetException(reason);
 
     public void GetResult(short token)
     {
