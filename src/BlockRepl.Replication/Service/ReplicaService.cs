@@ -47,6 +47,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         if (requests.Current.BodyCase != ReplicationFrame.BodyOneofCase.Handshake)
         {
+            if (requests.Current.Batch is { } stray)
+            {
+                ReplicationWire.ReturnRecords(stray); // its pooled buffer is never applied
+            }
+
             ReplicationLog.StreamRejected(logger, remote, $"first frame is {requests.Current.BodyCase}, not a handshake");
             throw new RpcException(new Status(StatusCode.InvalidArgument, "the first frame of a replication stream must be a handshake"));
         }
@@ -373,9 +378,9 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                     switch (frame.BodyCase)
                     {
                         case ReplicationFrame.BodyOneofCase.Batch:
-                            NoteSenderAhead(frame.Batch.SenderAhead);
                             try
                             {
+                                NoteSenderAhead(frame.Batch.SenderAhead);
                                 await ApplyBatchAsync(frame.Batch, buffer).ConfigureAwait(false);
                             }
                             finally
