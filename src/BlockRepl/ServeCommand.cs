@@ -48,7 +48,14 @@ internal static class ServeCommand
         ReplicaService? replica = null;
         AdminService? adminService = null;
         IReadOnlyCollection<Volume>? volumes = null;
-        var builder = WebApplication.CreateSlimBuilder();
+        // The host reads no appsettings.json and watches no directory: the daemon is configured by its own options
+        // and config file. By default the host builder would load appsettings*.json from the current directory (often
+        // the data directory) and put a file watcher on it that wakes on every write to an image there.
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ContentRootPath = AppContext.BaseDirectory,
+            Args = ["--hostBuilder:reloadConfigOnChange=false"],
+        });
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o =>
         {
