@@ -1044,9 +1044,9 @@ internal sealed class PeerLink
     {
         lock (_gate)
         {
-            if (!_state.Streaming || !_state.Resyncing)
+            if (!_state.Streaming || !_state.Resyncing || _resyncEndQueued)
             {
-                return true;
+                return true; // nothing to end, or its End marker is already queued (one End per Begin)
             }
 
             if (!_bitmap.IsEmpty || _state.Ahead || _probes.AnyUnsettled)

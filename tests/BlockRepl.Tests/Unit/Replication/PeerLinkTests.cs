@@ -104,11 +104,16 @@ public sealed class PeerLinkTests
         Assert.True(link.TryEndResync(0x77));
         Assert.True(link.ResyncActive);
         Assert.False(link.ResyncUnfinished);
+        Assert.True(link.TryEndResync(0x78)); // a second End for the same Begin is not queued
         using var writer = new JournalBatchWriter(JournalBatchWriter.MinBatchBytes);
         Assert.True((await TakeAsync(link, writer)).Marker!.Begin);
         Assert.Equal(1, (await TakeAsync(link, writer)).Records);
-        Assert.False((await TakeAsync(link, writer)).Marker!.Begin);
+        var end = (await TakeAsync(link, writer)).Marker!;
+        Assert.False(end.Begin);
+        Assert.Equal(0x77UL, end.Generation);
         Assert.False(link.ResyncActive);
+        var next = await link.TakeAsync(writer, 1 << 20, TimeSpan.FromMilliseconds(50), CancellationToken.None);
+        Assert.True(next.Idle && next.Marker is null, "a second End marker was queued");
 
         link.MarkDirty(8192, 4096); // a later resync is unfinished again from its Begin
         Assert.True(link.BeginResync(full: false));
