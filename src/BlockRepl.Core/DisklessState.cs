@@ -1,3 +1,4 @@
+using System.Buffers;
 using BlockRepl.Core.Replication;
 
 namespace BlockRepl.Core;
@@ -184,7 +185,7 @@ internal sealed class DisklessState
     }
 
     /// <summary>Reads a range from the peer, in pieces of at most <see cref="PeerLink.MaxPeerRead"/>; EIO when it fails or times out.</summary>
-    internal void ReadThroughPeer(long offset, Span<byte> destination)
+    internal async Task ReadThroughPeerAsync(long offset, Memory<byte> destination)
     {
         var link = _volume.Link ?? throw new BlockImageException($"volume {_volume.Name}: diskless without a peer", Native.LibC.EIO);
         for (var done = 0; done < destination.Length;)
@@ -193,7 +194,7 @@ internal sealed class DisklessState
             byte[] data;
             try
             {
-                data = link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).GetAwaiter().GetResult();
+                data = await link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not BlockImageException)
             {
@@ -208,6 +209,24 @@ internal sealed class DisklessState
 
             data.CopyTo(destination[done..]);
             done += length;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="ReadThroughPeerAsync"/> for a caller without an async path (<see cref="Volume.Read"/>): blocks the
+    /// calling thread until the peer answers. Front ends do not come here (<see cref="Volume.ReadAsync"/>).
+    /// </summary>
+    internal void ReadThroughPeer(long offset, Span<byte> destination)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(destination.Length);
+        try
+        {
+            ReadThroughPeerAsync(offset, buffer.AsMemory(0, destination.Length)).GetAwaiter().GetResult();
+            buffer.AsSpan(0, destination.Length).CopyTo(destination);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

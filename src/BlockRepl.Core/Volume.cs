@@ -320,29 +320,52 @@ public sealed class Volume : IDisposable
     }
 
     /// <summary>
-    /// Reads a range. A front end may serve one request with several calls (and none for holes), so
-    /// it counts the request itself with <see cref="CountRead"/>.
+    /// Reads a range into a buffer the caller keeps until the task completes. From the local image it completes
+    /// synchronously and allocates nothing; while the volume is diskless the read goes through the peer and
+    /// completes when the peer answers (no thread waits for it). A front end may serve one request with several
+    /// calls (and none for holes), so it counts the request itself with <see cref="CountRead"/>.
     /// </summary>
-    public void Read(long offset, Span<byte> destination)
+    public ValueTask ReadAsync(long offset, Memory<byte> destination) =>
+        TryReadLocal(offset, destination.Span) ? ValueTask.CompletedTask : new ValueTask(_diskless.ReadThroughPeerAsync(offset, destination));
+
+    /// <summary>
+    /// Reads a range from the local image. False, with <paramref name="destination"/> not filled, when the range
+    /// must be read through the peer (the volume is diskless, or went diskless on this read's failure): the
+    /// caller reads it with <see cref="ReadAsync"/> into a buffer it can keep. A local failure that does not
+    /// detach throws <see cref="BlockImageException"/>.
+    /// </summary>
+    public bool TryReadLocal(long offset, Span<byte> destination)
     {
         if (_diskless.IsDiskless)
         {
-            _diskless.ReadThroughPeer(offset, destination);
-            return;
+            return false;
         }
 
         try
         {
             _image.Read(offset, destination);
+            return true;
         }
         catch (BlockImageException ex) when (_diskless.TryDetachForRead(ex))
         {
-            _diskless.ReadThroughPeer(offset, destination);
+            return false;
         }
         catch (BlockImageException)
         {
             Counters.Error();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads a range into a span. While diskless this blocks the calling thread until the peer answers: front ends
+    /// use <see cref="TryReadLocal"/> and <see cref="ReadAsync"/> instead; this is for callers without an async path.
+    /// </summary>
+    public void Read(long offset, Span<byte> destination)
+    {
+        if (!TryReadLocal(offset, destination))
+        {
+            _diskless.ReadThroughPeer(offset, destination);
         }
     }
 
