@@ -24,6 +24,10 @@ namespace BlockRepl.Core;
 /// 7  MetaFile._gate                the NAME.meta slots                            none
 /// 8  WriteWaiterPool._gate         the free list of write waiters                 none
 /// </code>
+/// <para>Locks 1 and 2 stay fields of <see cref="Volume"/>; the engine objects that work on the volume's state take them
+/// through its internal surface (<c>Volume.OrderLock</c>, <c>Volume.MetaGate</c>) and have no lock of their own:
+/// <c>ReplicationSource</c> (handshake, stream open and close, a resync run: take, read, submit),
+/// <c>ReplicaTarget</c> (apply a record under 1; metadata under 2) and <c>DisklessState</c> (detach, attach under 1).</para>
 /// <para>Callbacks out of a lock: the activity log's <c>NotifyProgress</c> and <c>Commit</c> run after the link's
 /// lock is released (thread pool), and waiters' continuations run asynchronously (on the thread pool), so no
 /// continuation runs under a lock, and none on the ack loop's thread: a front end's reply can block on a slow client.</para>

@@ -15,7 +15,7 @@ namespace BlockRepl.Core;
 /// Buffer contract: <see cref="Write"/> has consumed <c>data</c> when it returns, even if the returned task
 /// completes later, so the caller may reuse its receive buffer at once.
 /// </remarks>
-public sealed partial class Volume : IDisposable
+public sealed class Volume : IDisposable
 {
     private readonly BlockImage _image;
     private readonly CoalescingFlush _flush;
@@ -30,12 +30,11 @@ public sealed partial class Volume : IDisposable
     private int _disposed;
     private volatile VolumeRole _role;
     private volatile DiskState _disk;
-    private volatile ConnectionState _receiverConnection = ConnectionState.Standalone;
     private readonly Lock _order = new();
     private readonly Lock _metaGate = new();
-    private PeerLink? _link;
+    private readonly DisklessState _diskless;
+    private ReplicationSource? _source;
     private bool _bumpPending;
-    private ulong _peerGeneration;
     private volatile bool _splitBrain;
     private volatile string? _lastError;
     private long _lastErrorUnixMs;
@@ -49,6 +48,8 @@ public sealed partial class Volume : IDisposable
         _activityLogExtents = activityLogExtents;
         _flush = new CoalescingFlush(image.Flush);
         _verifier = new VolumeVerifier(this, _order, image);
+        _diskless = new DisklessState(this);
+        Target = new ReplicaTarget(this);
         _role = StateNames.ParseRole(metadata.Role);
         _disk = StateNames.ParseDisk(metadata.Disk);
         _loggedAtOpen = metaFile.ReadActivityLog();
@@ -154,6 +155,16 @@ public sealed partial class Volume : IDisposable
 
     public DiskState Disk => _disk;
 
+    /// <summary>The one place the disk state changes after the volume opened (the caller records it in the metadata as its step needs).</summary>
+    internal void SetDisk(DiskState disk) => _disk = disk;
+
+    /// <summary>The one place split brain is entered or left (by either side of replication); the history records the change.</summary>
+    internal void SetSplitBrain(bool value)
+    {
+        _splitBrain = value;
+        ConnectionHistory.Enter(Connection);
+    }
+
     /// <summary>The connection state of DESIGN.md, from the sending side (a link) or the receiving side.</summary>
     public ConnectionState Connection
     {
@@ -164,24 +175,30 @@ public sealed partial class Volume : IDisposable
                 return ConnectionState.SplitBrain;
             }
 
-            if (_role == VolumeRole.Primary && _link is { } link)
+            if (_role == VolumeRole.Primary && Link is { } link)
             {
                 return link.State.Connection; // one value: never a mix of two states
             }
 
-            return _receiverConnection;
+            return Target.Connection;
         }
     }
 
     /// <summary>Every change of <see cref="Connection"/>: a log line each, and how often each state was entered.</summary>
     public ConnectionHistory ConnectionHistory { get; }
 
-    /// <summary>The sending side of replication, when a peer is configured.</summary>
-    internal PeerLink? Link => _link;
+    /// <summary>The sending side's link (<see cref="ReplicationSource.Link"/>), when a peer is configured.</summary>
+    internal PeerLink? Link => _source?.Link;
 
-    public bool HasPeer => _link is not null;
+    /// <summary>The sending side of replication (<see cref="AttachPeer"/>), when a peer is configured.</summary>
+    internal ReplicationSource? Source => _source;
 
-    public ReplicationSnapshot? ReplicationSnapshot => _link?.Snapshot();
+    /// <summary>The receiving side of replication: every volume can be a replica target.</summary>
+    internal ReplicaTarget Target { get; }
+
+    public bool HasPeer => Link is not null;
+
+    public ReplicationSnapshot? ReplicationSnapshot => Link?.Snapshot();
 
     public string? LastError => _lastError;
 
@@ -303,29 +320,52 @@ public sealed partial class Volume : IDisposable
     }
 
     /// <summary>
-    /// Reads a range. A front end may serve one request with several calls (and none for holes), so
-    /// it counts the request itself with <see cref="CountRead"/>.
+    /// Reads a range into a buffer the caller keeps until the task completes. From the local image it completes
+    /// synchronously and allocates nothing; while the volume is diskless the read goes through the peer and
+    /// completes when the peer answers (no thread waits for it). A front end may serve one request with several
+    /// calls (and none for holes), so it counts the request itself with <see cref="CountRead"/>.
     /// </summary>
-    public void Read(long offset, Span<byte> destination)
+    public ValueTask ReadAsync(long offset, Memory<byte> destination) =>
+        TryReadLocal(offset, destination.Span) ? ValueTask.CompletedTask : new ValueTask(_diskless.ReadThroughPeerAsync(offset, destination));
+
+    /// <summary>
+    /// Reads a range from the local image. False, with <paramref name="destination"/> not filled, when the range
+    /// must be read through the peer (the volume is diskless, or went diskless on this read's failure): the
+    /// caller reads it with <see cref="ReadAsync"/> into a buffer it can keep. A local failure that does not
+    /// detach throws <see cref="BlockImageException"/>.
+    /// </summary>
+    public bool TryReadLocal(long offset, Span<byte> destination)
     {
-        if (_diskless)
+        if (_diskless.IsDiskless)
         {
-            ReadThroughPeer(offset, destination);
-            return;
+            return false;
         }
 
         try
         {
             _image.Read(offset, destination);
+            return true;
         }
-        catch (BlockImageException ex) when (TryDetachForRead(ex))
+        catch (BlockImageException ex) when (_diskless.TryDetachForRead(ex))
         {
-            ReadThroughPeer(offset, destination);
+            return false;
         }
         catch (BlockImageException)
         {
             Counters.Error();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads a range into a span. While diskless this blocks the calling thread until the peer answers: front ends
+    /// use <see cref="TryReadLocal"/> and <see cref="ReadAsync"/> instead; this is for callers without an async path.
+    /// </summary>
+    public void Read(long offset, Span<byte> destination)
+    {
+        if (!TryReadLocal(offset, destination))
+        {
+            _diskless.ReadThroughPeer(offset, destination);
         }
     }
 
@@ -339,7 +379,7 @@ public sealed partial class Volume : IDisposable
     public ValueTask Write(long offset, ReadOnlySpan<byte> data, bool fua)
     {
         EnsureWritable();
-        var link = _link;
+        var link = Link;
         if (link is not null && link.MustWait(data.Length))
         {
             // The peer is away under the block policy, or the sync queue is full: copy the data (the caller's
@@ -388,21 +428,21 @@ public sealed partial class Volume : IDisposable
             lock (_order)
             {
                 EnsureWritable();
-                ThrowIfDisklessWithoutPeerLocked();
+                _diskless.ThrowIfWithoutPeerLocked();
                 BeforeChangeLocked();
 
                 // The record goes to the shipper first, so sending overlaps the local pwrite; both happen under the
                 // ordering lock, so the seq order is the local write order.
-                peer = _link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
-                seq = _link?.LastAssignedSeq ?? 0;
+                peer = Link?.Submit(Journal.JournalRecordKind.Write, offset, data.Length, data, fua);
+                seq = Link?.LastAssignedSeq ?? 0;
                 try
                 {
-                    if (!SkipLocalLocked(offset, data.Length, peer))
+                    if (!_diskless.SkipLocalLocked(offset, data.Length, peer))
                     {
                         _image.Write(offset, data);
                     }
                 }
-                catch (BlockImageException ex) when (TryDetachLocked(ex, peer, offset, data.Length))
+                catch (BlockImageException ex) when (_diskless.TryDetachLocked(ex, peer, offset, data.Length))
                 {
                     // The local disk failed; the peer has the write (sync): served through it from now on.
                 }
@@ -410,7 +450,7 @@ public sealed partial class Volume : IDisposable
                 {
                     // The client gets the error; the peer may get the data. The range is marked dirty, so the resync
                     // sends this image's content there again and the two converge.
-                    _link?.MarkDirty(offset, data.Length);
+                    Link?.MarkDirty(offset, data.Length);
                     Counters.Error();
                     throw;
                 }
@@ -452,7 +492,7 @@ public sealed partial class Volume : IDisposable
             }
             finally
             {
-                al.Release(pos, len, _link?.LastAssignedSeq ?? 0);
+                al.Release(pos, len, Link?.LastAssignedSeq ?? 0);
             }
 
             if (!await step.ConfigureAwait(false))
@@ -474,7 +514,7 @@ public sealed partial class Volume : IDisposable
     public ValueTask Trim(long offset, long length, bool fua)
     {
         EnsureWritable();
-        var link = _link;
+        var link = Link;
         if (link is not null && link.MustWait(0))
         {
             return TrimAfterWait(link, offset, length, fua);
@@ -510,22 +550,22 @@ public sealed partial class Volume : IDisposable
         lock (_order)
         {
             EnsureWritable();
-            ThrowIfDisklessWithoutPeerLocked();
+            _diskless.ThrowIfWithoutPeerLocked();
             BeforeChangeLocked();
-            peer = _link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
+            peer = Link?.Submit(Journal.JournalRecordKind.Trim, offset, length, default, fua);
             try
             {
-                if (!SkipLocalLocked(offset, length, peer))
+                if (!_diskless.SkipLocalLocked(offset, length, peer))
                 {
                     RunCounted(() => _image.Trim(offset, length));
                 }
             }
-            catch (BlockImageException ex) when (TryDetachLocked(ex, peer, offset, length))
+            catch (BlockImageException ex) when (_diskless.TryDetachLocked(ex, peer, offset, length))
             {
             }
             catch (BlockImageException)
             {
-                _link?.MarkDirty(offset, length);
+                Link?.MarkDirty(offset, length);
                 throw;
             }
         }
@@ -537,7 +577,7 @@ public sealed partial class Volume : IDisposable
     /// <summary>What the write's caller awaits: the peer's acknowledgement (a pooled waiter, awaited once) and, for FUA, the local flush.</summary>
     private ValueTask Acknowledge(WriteWaiter? peer, bool fua)
     {
-        var local = fua ? LocalFlushAsync(peer) : null;
+        var local = fua ? _diskless.LocalFlushAsync(peer) : null;
         return (peer, local) switch
         {
             (null, null) => ValueTask.CompletedTask,
@@ -554,7 +594,7 @@ public sealed partial class Volume : IDisposable
     public ValueTask<bool> Zero(long offset, long length, bool mayDeallocate, bool onlyIfFast, bool fua)
     {
         EnsureWritable();
-        var link = _link;
+        var link = Link;
         if (link is not null && link.MustWait(0))
         {
             return ZeroAfterWait(link, offset, length, mayDeallocate, onlyIfFast, fua);
@@ -581,13 +621,13 @@ public sealed partial class Volume : IDisposable
         lock (_order)
         {
             EnsureWritable();
-            ThrowIfDisklessWithoutPeerLocked();
+            _diskless.ThrowIfWithoutPeerLocked();
             BeforeChangeLocked(); // the new generation is on disk before the change it covers
-            if (_diskless)
+            if (_diskless.IsDiskless)
             {
                 // Diskless: the zero range goes to the peer only (it always zeroes, whatever the hint).
-                peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
-                if (!SkipLocalLocked(offset, length, peer))
+                peer = Link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                if (!_diskless.SkipLocalLocked(offset, length, peer))
                 {
                     throw new BlockImageException($"volume {Name}: the local disk is detached and the peer is away", Native.LibC.EIO);
                 }
@@ -600,10 +640,10 @@ public sealed partial class Volume : IDisposable
                 {
                     RunCounted(() => done = _image.Zero(offset, length, mayDeallocate, onlyIfFast));
                 }
-                catch (BlockImageException ex) when (CanDetachLocked())
+                catch (BlockImageException ex) when (_diskless.CanDetachLocked())
                 {
-                    peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
-                    if (!TryDetachLocked(ex, peer, offset, length))
+                    peer = Link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                    if (!_diskless.TryDetachLocked(ex, peer, offset, length))
                     {
                         throw;
                     }
@@ -612,13 +652,13 @@ public sealed partial class Volume : IDisposable
                 }
                 catch (BlockImageException)
                 {
-                    _link?.MarkDirty(offset, length); // part of the range may have changed: resync it
+                    Link?.MarkDirty(offset, length); // part of the range may have changed: resync it
                     throw;
                 }
 
                 if (done && peer is null)
                 {
-                    peer = _link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
+                    peer = Link?.Submit(Journal.JournalRecordKind.Zero, offset, length, default, fua);
                 }
             }
         }
@@ -647,7 +687,7 @@ public sealed partial class Volume : IDisposable
     {
         Counters.Flush();
         WriteWaiter? peer = null;
-        if (_link is { } link && IsWritable)
+        if (Link is { } link && IsWritable)
         {
             lock (_order)
             {
@@ -655,7 +695,7 @@ public sealed partial class Volume : IDisposable
             }
         }
 
-        var local = LocalFlushAsync(peer);
+        var local = _diskless.LocalFlushAsync(peer);
         return (peer, local) switch
         {
             (null, null) => ValueTask.CompletedTask,
@@ -667,7 +707,7 @@ public sealed partial class Volume : IDisposable
 
     public void Prefetch(long offset, long length)
     {
-        if (!_diskless)
+        if (!_diskless.IsDiskless)
         {
             _image.Prefetch(offset, length);
         }
@@ -675,7 +715,7 @@ public sealed partial class Volume : IDisposable
 
     public int GetExtents(long offset, long length, Span<ImageExtent> destination)
     {
-        if (_diskless)
+        if (_diskless.IsDiskless)
         {
             // The local extent map is stale: claim data everywhere (never a hole that is not one).
             destination[0] = new ImageExtent(offset, Math.Min(length, Size - offset), IsHole: false);
@@ -701,7 +741,7 @@ public sealed partial class Volume : IDisposable
 
         try
         {
-            if (_diskless)
+            if (_diskless.IsDiskless)
             {
                 // The metadata says diskless: the next start comes back as an outdated secondary.
                 ShutdownWarning = $"volume {Name}: stopped while diskless; its image lacks {LocalMissingBytes} bytes that only the peer holds";
@@ -721,7 +761,7 @@ public sealed partial class Volume : IDisposable
             try
             {
                 var persisted = false;
-                if (_link is { } link)
+                if (Link is { } link)
                 {
                     // Whatever is still in flight falls into the bitmap, and the whole bitmap goes to disk: a clean
                     // stop then needs no activity log, and the next start knows exactly what the peer lacks.
@@ -737,7 +777,7 @@ public sealed partial class Volume : IDisposable
 
                 lock (_metaGate)
                 {
-                    _metadata.CleanShutdown = persisted || _role == VolumeRole.Secondary || _link is null || _metadata.NeedsFullSync;
+                    _metadata.CleanShutdown = persisted || _role == VolumeRole.Secondary || Link is null || _metadata.NeedsFullSync;
                     _metaFile.Save(_metadata);
                 }
             }
@@ -750,7 +790,7 @@ public sealed partial class Volume : IDisposable
         }
         finally
         {
-            _link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is closing"));
+            Link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is closing"));
             _image.Dispose();
             _metaFile.Dispose();
         }
@@ -771,7 +811,7 @@ public sealed partial class Volume : IDisposable
     /// </summary>
     private void BeforeChangeLocked()
     {
-        if (!_bumpPending || (_link is { } link && link.Streaming))
+        if (!_bumpPending || (Link is { } link && link.Streaming))
         {
             return;
         }
@@ -782,7 +822,7 @@ public sealed partial class Volume : IDisposable
             var oldBitmap = _metadata.BitmapGeneration;
             var oldFull = _metadata.NeedsFullSync;
             _metadata.StartGeneration(VolumeMetadata.NewGeneration());
-            if (_link is null)
+            if (Link is null)
             {
                 // Nothing tracks what changes from here on: a later peer needs everything.
                 _metadata.BitmapGeneration = 0;
@@ -827,6 +867,383 @@ public sealed partial class Volume : IDisposable
             throw;
         }
     }
+
+    // ---- roles ----------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// secondary -> primary. Refused while a primary is connected to us, or when the disk is not up to date,
+    /// unless <paramref name="force"/>. Starts a new generation; the old one becomes the bitmap generation, so
+    /// the old primary can later be resynced from this node's bitmap.
+    /// </summary>
+    public RoleChangeResult Promote(bool force)
+    {
+        if (_role == VolumeRole.Primary)
+        {
+            return new RoleChangeResult(true, "already primary");
+        }
+
+        var connection = Target.Connection;
+        if (!force && connection is ConnectionState.Connected or ConnectionState.SyncTarget or ConnectionState.Behind)
+        {
+            return new RoleChangeResult(false, $"the peer is connected and primary (connection {connection.Name()}): demote it first, or use --force");
+        }
+
+        if (!force && _disk != DiskState.UpToDate)
+        {
+            return new RoleChangeResult(false, $"the local disk is {_disk.Name()}, not uptodate: promoting it would serve incomplete data; use --force to promote anyway");
+        }
+
+        if (_metadata.Fresh && !force)
+        {
+            return new RoleChangeResult(false, "this node was created as secondary and never synced: its image holds no data of the volume; use --force to promote anyway");
+        }
+
+        var (missingRecords, missingBytes) = KnownMissing;
+        ulong generation;
+        lock (_order)
+        {
+            lock (_metaGate)
+            {
+                var old = _metadata.CurrentGeneration;
+                _metadata.StartGeneration(VolumeMetadata.NewGeneration());
+                _metadata.BitmapGeneration = old;
+                _metadata.Role = VolumeRole.Primary.Name();
+                _metadata.Disk = DiskState.UpToDate.Name();
+                _metadata.Fresh = false;
+                _metadata.CleanShutdown = false;
+                _metaFile.Save(_metadata);
+                generation = _metadata.CurrentGeneration;
+            }
+
+            SetDisk(DiskState.UpToDate);
+            _bumpPending = false;
+            _source?.ForgetPeerGenerationLocked();
+            SetRoleLocked(VolumeRole.Primary);
+        }
+
+        ConnectionHistory.Enter(Connection);
+
+        return new RoleChangeResult(true, "", missingRecords, missingBytes, generation);
+    }
+
+    /// <summary>
+    /// primary -> secondary: no new writes from now on; waits (up to <paramref name="timeout"/>) until every
+    /// write is durable on the peer, flushes, and records the role. With writes the peer may lack, the image must
+    /// never be mistaken for an in-sync copy: with the activity log on, the bitmap names those writes (the records
+    /// not acknowledged go back into it) and goes to disk, so the next resync, from whichever node is primary
+    /// then, goes over exactly them; without the log the node is marked for a full resync.
+    /// </summary>
+    public async Task<RoleChangeResult> DemoteAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (_role == VolumeRole.Secondary)
+        {
+            return new RoleChangeResult(true, "already secondary");
+        }
+
+        lock (_order)
+        {
+            SetRoleLocked(VolumeRole.Secondary); // writes arriving from now on get EPERM
+        }
+
+        var link = Link;
+        var atStart = link?.Snapshot();
+        var shipped = atStart is { } r ? r.LastSeq - r.DurableSeq : 0;
+        if (link is not null)
+        {
+            await link.WaitUntilAsync(l => !l.Streaming || l.IsDrained, timeout, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _flush.FlushAsync().ConfigureAwait(false);
+        var drained = link is null || link.WasDrained;
+        var keepBitmap = !drained && _al is not null;
+        link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} was demoted before its peer acknowledged the write"));
+        lock (_metaGate)
+        {
+            _metadata.Role = VolumeRole.Secondary.Name();
+            if (!drained && _al is null)
+            {
+                _metadata.NeedsFullSync = true; // nothing on disk names what the peer lacks
+            }
+
+            _metaFile.Save(_metadata);
+        }
+
+        var reason = "";
+        if (keepBitmap)
+        {
+            // The stream closes; its unacknowledged records go back into the bitmap, which goes to disk (a failure
+            // there marks the node for a full resync instead).
+            PersistOwnChanges();
+            bool full;
+            lock (_metaGate)
+            {
+                full = _metadata.NeedsFullSync;
+            }
+
+            var own = link!.Snapshot().DirtyBytes;
+            reason = full
+                ? "the peer had not received every write and the bitmap could not be written: this node needs a full resync before it is in sync again"
+                : $"the peer had not received every write: the bitmap names {own} bytes, resynced from the primary (or to the peer if this node is promoted again) at the next connection";
+        }
+        else if (!drained)
+        {
+            reason = "the peer had not received every write: this node needs a full resync before it is in sync again";
+        }
+
+        Target.SetConnection(link is null ? ConnectionState.Standalone : ConnectionState.Connecting);
+        return new RoleChangeResult(true, reason, ShippedRecords: shipped);
+    }
+
+    /// <summary>Writes the bitmap (this node's own changes, for the peer to send back over) and empties the log.</summary>
+    private void PersistOwnChanges()
+    {
+        if (Link is not { } link || _al is null)
+        {
+            return;
+        }
+
+        try
+        {
+            lock (_order)
+            {
+                link.CloseStream(new VolumeReadOnlyException($"volume {Name} is no longer primary"));
+            }
+
+            link.PersistAll();
+            _al.Clear();
+        }
+        catch (IOException ex)
+        {
+            // The log on disk still names the extents and the next start recovers from it; meanwhile the next
+            // resync must not trust the bitmap.
+            lock (_metaGate)
+            {
+                _metadata.NeedsFullSync = true;
+                try
+                {
+                    _metaFile.Save(_metadata);
+                }
+                catch (IOException)
+                {
+                }
+            }
+
+            ReportError($"could not persist the bitmap: {ex.Message}");
+        }
+    }
+
+    /// <summary>
+    /// <c>resolve --discard-my-data</c>: this node is the victim of a split brain. It stops being primary, keeps its
+    /// bitmap (its own changes since the generation the two share) on disk, and marks itself so that the next
+    /// handshake resyncs it from the peer: from both bitmaps when they count from the same generation, in full
+    /// otherwise. Nothing is overwritten until the survivor connects.
+    /// </summary>
+    public RoleChangeResult ResolveDiscardMyData()
+    {
+        lock (_order)
+        {
+            SetRoleLocked(VolumeRole.Secondary);
+            _bumpPending = false;
+            lock (_metaGate)
+            {
+                _metadata.Role = VolumeRole.Secondary.Name();
+                _metadata.DiscardMyData = true;
+                if (_al is null || Link is null)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                _metaFile.Save(_metadata);
+            }
+        }
+
+        PersistOwnChanges();
+        Link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} is discarding its data"));
+        _splitBrain = false;
+        Target.SetConnection(ConnectionState.Connecting);
+        var own = Link?.Snapshot().DirtyBytes ?? 0;
+        bool full;
+        lock (_metaGate)
+        {
+            full = _metadata.NeedsFullSync;
+        }
+
+        return new RoleChangeResult(true, full ? "full" : "bitmap", MissingBytes: (ulong)own);
+    }
+
+    /// <summary>The sender found a newer generation on its peer: it steps down and becomes the sync target.</summary>
+    internal void StepDownForNewerPeer()
+    {
+        lock (_order)
+        {
+            SetRoleLocked(VolumeRole.Secondary);
+            lock (_metaGate)
+            {
+                // This image may hold writes the newer peer never got (in flight at the loss, or the activity
+                // log's extents after a crash). With the activity log kept, the bitmap names them: it goes to disk,
+                // and the newer peer ORs it into its own at the handshake. Without the log, nothing names them:
+                // the resync from the peer must be a full one.
+                _metadata.Role = VolumeRole.Secondary.Name();
+                if (_al is null || Link is null)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                _metaFile.Save(_metadata);
+            }
+        }
+
+        PersistOwnChanges();
+
+        Link?.AbortWaiters(new VolumeReadOnlyException($"volume {Name} stepped down to secondary"));
+        Target.SetConnection(ConnectionState.Connecting);
+    }
+
+    // ---- replication: the sending side (ReplicationSource) and the receiving side (ReplicaTarget) ----------
+
+    /// <summary>Configures a peer: writes are replicated by <paramref name="mode"/> from now on.</summary>
+    public void AttachPeer(ReplicationMode mode, PeerLossPolicy onPeerLoss, long maxQueueBytes, ResyncSettings? resync = null)
+    {
+        var link = new PeerLink(Size, mode, onPeerLoss, maxQueueBytes);
+        // The sending side's state is the volume's connection state while primary (and not in split brain).
+        link.StateChanged = state =>
+        {
+            if (_role == VolumeRole.Primary && !_splitBrain)
+            {
+                ConnectionHistory.Enter(state);
+            }
+        };
+        var al = _activityLogExtents > 0 ? new ActivityLog(Size, _activityLogExtents, _metaFile, _loggedAtOpen) : null;
+        link.AttachStore(_metaFile, al);
+        var persisted = link.Snapshot().DirtyBytes;
+        if (_recoverFromLog && _loggedAtOpen.Length > 0)
+        {
+            link.MarkExtents(_loggedAtOpen);
+            try
+            {
+                // On disk at once: the log may be rewritten (smaller capacity, evictions) before the resync ends.
+                link.PersistAll();
+            }
+            catch (IOException ex)
+            {
+                lock (_metaGate)
+                {
+                    _metadata.NeedsFullSync = true;
+                }
+
+                ReportError($"could not persist the recovered bitmap ({ex.Message}): the next resync is a full one");
+            }
+        }
+
+        if (_recoverFromLog)
+        {
+            RecoveryNote = $"recovery after a crash as primary: {_loggedAtOpen.Length} activity-log extents ({_loggedAtOpen.Length * (MetaFile.ExtentBytes >> 20)} MiB) "
+                + $"and {persisted} bytes of persisted bitmap; {link.Snapshot().DirtyBytes} bytes to resync";
+        }
+        else if (persisted > 0)
+        {
+            RecoveryNote = $"{persisted} bytes dirty in the persisted bitmap";
+        }
+
+        _source = new ReplicationSource(this, link, resync ?? ResyncSettings.Default);
+        _al = al;
+        Target.SetConnection(ConnectionState.Connecting);
+    }
+
+    /// <summary>The resync rate controller's knobs (set by <see cref="AttachPeer"/>).</summary>
+    internal ResyncSettings Resync => _source?.Resync ?? ResyncSettings.Default;
+
+    /// <summary>The activity log's capacity in extents (0: off).</summary>
+    public int ActivityLogCapacity => _al?.Capacity ?? 0;
+
+    /// <summary>True when <c>resolve --discard-my-data</c> ran and the resync from the peer has not completed.</summary>
+    public bool DiscardMyData
+    {
+        get
+        {
+            lock (_metaGate)
+            {
+                return _metadata.DiscardMyData;
+            }
+        }
+    }
+
+    /// <summary>True when a stream is open and every write so far is durable on the peer (nothing dirty).</summary>
+    public bool IsReplicationDrained => _source is { } source && source.IsDrained;
+
+    /// <summary>True while a replication stream to the peer is open (sending side).</summary>
+    public bool IsStreaming => _source is { } source && source.Streaming;
+
+    /// <summary>
+    /// Waits until this node is no longer primary, no stream to the peer is open, or everything written is durable
+    /// on the peer, at most <paramref name="timeout"/> (signalled by the link and the role, not polled). Returns
+    /// at once without a peer.
+    /// </summary>
+    public async Task WaitForReplicationDrainAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (_source is { } source)
+        {
+            await source.WaitForDrainAsync(timeout, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The replication mode when a peer is configured.</summary>
+    public ReplicationMode? Mode => Link?.Mode;
+
+    /// <summary>What a secondary knows it has not received (from the primary's last announcement).</summary>
+    public (ulong Records, ulong Bytes) KnownMissing => Target.KnownMissing;
+
+    /// <summary>fdatasync of the image (a replicated flush or FUA write, the periodic one, or the local half of a flush).</summary>
+    internal Task FlushImageAsync() => _flush.FlushAsync();
+
+    // ---- local disk failure: DisklessState --------------------------------------------------------------
+
+    /// <inheritdoc cref="DisklessState.DetachOnIoError"/>
+    public bool DetachOnIoError
+    {
+        get => _diskless.DetachOnIoError;
+        set => _diskless.DetachOnIoError = value;
+    }
+
+    /// <summary>Test hook: make every local image operation fail with EIO (see <see cref="BlockImage.InjectFailures"/>).</summary>
+    public bool InjectDiskFailures
+    {
+        get => _image.InjectFailures;
+        set => _image.InjectFailures = value;
+    }
+
+    /// <inheritdoc cref="DisklessState.LocalMissingBytes"/>
+    public long LocalMissingBytes => _diskless.LocalMissingBytes;
+
+    /// <inheritdoc cref="DisklessState.AttachDiskAsync"/>
+    public Task<RoleChangeResult> AttachDiskAsync(CancellationToken cancellationToken) => _diskless.AttachDiskAsync(cancellationToken);
+
+    // ---- the engine's surface: what ReplicationSource, ReplicaTarget and DisklessState reach of this volume ----
+    // Internal and no wider; the locks keep their place in the order of LocksAndLimits (they stay this type's).
+
+    /// <summary>The ordering lock (<see cref="LocksAndLimits"/>, lock 1): seq order = local write order, role flips, diskless state.</summary>
+    internal Lock OrderLock => _order;
+
+    /// <summary>The metadata gate (<see cref="LocksAndLimits"/>, lock 2): <see cref="Metadata"/> and its saves.</summary>
+    internal Lock MetaGate => _metaGate;
+
+    /// <summary>The volume's metadata; read and changed only under <see cref="MetaGate"/>.</summary>
+    internal VolumeMetadata Metadata => _metadata;
+
+    /// <summary>Writes <see cref="Metadata"/> to NAME.meta (crash-safe); the caller holds <see cref="MetaGate"/>.</summary>
+    internal void SaveMetadataLocked() => _metaFile.Save(_metadata);
+
+    /// <summary>The local image.</summary>
+    internal BlockImage Image => _image;
+
+    /// <summary>True while the local disk is detached (<see cref="DisklessState"/>).</summary>
+    internal bool IsDiskless => _diskless.IsDiskless;
+
+    /// <summary>Whether the next change starts a new generation (<see cref="BeforeChangeLocked"/>); under the ordering lock.</summary>
+    internal void SetBumpPendingLocked(bool pending) => _bumpPending = pending;
+
+    /// <summary>The recovery the note describes is over (the peer is in sync, or this node was resynced).</summary>
+    internal void ClearRecoveryNote() => RecoveryNote = null;
 
     // ---- online verify and checksum probes: VolumeVerifier ---------------------------------------------
 

@@ -127,10 +127,10 @@ internal sealed class ScsiLogicalUnit
                 case 0xA3 when (cdb[1] & 0x1f) == 0x0C: return Done(ReportSupportedOperationCodes(cdb));
                 case 0x9E when (cdb[1] & 0x1f) == 0x10: return Done(ReadCapacity16(cdb));
                 case 0x9E when (cdb[1] & 0x1f) == 0x12: return Done(GetLbaStatus(cdb));
-                case 0x08: return Done(Read(cdb, Lba6(cdb), Blocks6(cdb)));
-                case 0x28: return Done(Read(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt16BigEndian(cdb.AsSpan(7))));
-                case 0xA8: return Done(Read(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(6))));
-                case 0x88: return Done(Read(cdb, BinaryPrimitives.ReadUInt64BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(10))));
+                case 0x08: return Read(cdb, Lba6(cdb), Blocks6(cdb));
+                case 0x28: return Read(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt16BigEndian(cdb.AsSpan(7)));
+                case 0xA8: return Read(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(6)));
+                case 0x88: return Read(cdb, BinaryPrimitives.ReadUInt64BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(10)));
                 case 0x0A: return Write(cdb, Lba6(cdb), Blocks6(cdb), dataOut, dataOutLength, fua: false);
                 case 0x2A or 0x2E: return Write(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt16BigEndian(cdb.AsSpan(7)), dataOut, dataOutLength, Fua(cdb));
                 case 0xAA or 0xAE: return Write(cdb, BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(2)), BinaryPrimitives.ReadUInt32BigEndian(cdb.AsSpan(6)), dataOut, dataOutLength, Fua(cdb));
@@ -191,34 +191,66 @@ internal sealed class ScsiLogicalUnit
         return null;
     }
 
-    private ScsiResult Read(byte[] cdb, ulong lba, uint blocks)
+    /// <summary>
+    /// READ(6/10/12/16). From the local image the result is ready at once (no allocation beyond the pooled data
+    /// buffer); while the volume is diskless it completes when the peer answers, and no thread waits for it.
+    /// </summary>
+    private ValueTask<ScsiResult> Read(byte[] cdb, ulong lba, uint blocks)
     {
         // RDPROTECT needs protection information, which this unit does not have (SBC-3 5.8).
         if (cdb[0] != 0x08 && (cdb[1] & 0xe0) != 0)
         {
-            return ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb);
+            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
         }
 
         if (CheckRange(lba, blocks) is { } bad)
         {
-            return bad;
+            return Done(bad);
         }
 
         if (blocks > MaxTransferBlocks)
         {
-            return ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb);
+            return Done(ScsiResult.Check(ScsiSense.KeyIllegalRequest, ScsiSense.InvalidFieldInCdb));
         }
 
         if (blocks == 0)
         {
-            return ScsiResult.Good;
+            return Done(ScsiResult.Good);
         }
 
         var length = (int)blocks << BlockShift;
         var buffer = ArrayPool<byte>.Shared.Rent(length);
+        ValueTask read;
         try
         {
-            _volume.Read((long)lba << BlockShift, buffer.AsSpan(0, length));
+            read = _volume.ReadAsync((long)lba << BlockShift, buffer.AsMemory(0, length));
+        }
+        catch
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            throw;
+        }
+
+        if (!read.IsCompletedSuccessfully)
+        {
+            return ReadLater(read, buffer, length);
+        }
+
+        _volume.CountRead(length);
+        return Done(ScsiResult.WithData(buffer, length, pooled: true));
+    }
+
+    /// <summary>A read through the peer (diskless): the data, or the medium error a failed local read gets too.</summary>
+    private async ValueTask<ScsiResult> ReadLater(ValueTask read, byte[] buffer, int length)
+    {
+        try
+        {
+            await read.ConfigureAwait(false);
+        }
+        catch (BlockImageException)
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            return ScsiResult.Check(ScsiSense.KeyMediumError, ScsiSense.UnrecoveredReadError);
         }
         catch
         {

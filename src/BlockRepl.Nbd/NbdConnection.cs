@@ -387,81 +387,120 @@ internal sealed class NbdConnection : IHostedConnection
             return;
         }
 
+        long throughPeerFrom;
         lock (_tx.Gate)
         {
-            if (length == 0)
-            {
-                _tx.Commit(NbdReplyEncoder.None(_tx.Reserve(NbdProtocol.ChunkHeaderSize), request.Cookie));
-                return;
-            }
+            throughPeerFrom = SendStructuredLocked(request.Cookie, offset, length, unfragmented: (request.Flags & NbdProtocol.CmdFlagDf) != 0);
+        }
 
-            if ((request.Flags & NbdProtocol.CmdFlagDf) != 0)
-            {
-                // One content chunk with the zeroes of any hole present.
-                SendDataChunk(request.Cookie, offset, length, done: true);
-                return;
-            }
+        if (throughPeerFrom >= 0)
+        {
+            ReadThroughPeerLater(request.Cookie, throughPeerFrom, (int)(offset + length - throughPeerFrom), structured: true);
+        }
+    }
 
-            var end = offset + length;
-            var pos = offset;
-            while (pos < end)
+    /// <summary>
+    /// Sends a structured read's chunks: data, holes, or an error chunk that ends it. Returns -1 when the reply is
+    /// complete, or the offset from which the rest must be read through the peer (the volume is diskless): the
+    /// chunks before it are sent, the rest follows from <see cref="ReadThroughPeerLater"/>. Hold the send gate.
+    /// </summary>
+    private long SendStructuredLocked(ulong cookie, long offset, int length, bool unfragmented)
+    {
+        if (length == 0)
+        {
+            _tx.Commit(NbdReplyEncoder.None(_tx.Reserve(NbdProtocol.ChunkHeaderSize), cookie));
+            return -1;
+        }
+
+        if (unfragmented)
+        {
+            // One content chunk with the zeroes of any hole present.
+            return SendDataChunk(cookie, offset, length, done: true) == ChunkOutcome.ThroughPeer ? offset : -1;
+        }
+
+        var end = offset + length;
+        var pos = offset;
+        while (pos < end)
+        {
+            var count = _volume.GetExtents(pos, end - pos, _extents);
+            for (var i = 0; i < count; i++)
             {
-                var count = _volume.GetExtents(pos, end - pos, _extents);
-                for (var i = 0; i < count; i++)
+                var extent = _extents[i];
+                if (extent.IsHole)
                 {
-                    var extent = _extents[i];
-                    if (extent.IsHole)
-                    {
-                        var span = _tx.Reserve(NbdProtocol.ChunkHeaderSize + 12);
-                        _tx.Commit(NbdReplyEncoder.OffsetHole(span, extent.End == end, request.Cookie, (ulong)extent.Offset, (uint)extent.Length));
-                    }
-                    else
-                    {
-                        for (var at = extent.Offset; at < extent.End;)
-                        {
-                            var piece = (int)Math.Min(MaxChunkData, extent.End - at);
-                            if (!SendDataChunk(request.Cookie, at, piece, done: at + piece == end))
-                            {
-                                return;
-                            }
-
-                            at += piece;
-                        }
-                    }
-
-                    pos = extent.End;
+                    var span = _tx.Reserve(NbdProtocol.ChunkHeaderSize + 12);
+                    _tx.Commit(NbdReplyEncoder.OffsetHole(span, extent.End == end, cookie, (ulong)extent.Offset, (uint)extent.Length));
                 }
+                else
+                {
+                    for (var at = extent.Offset; at < extent.End;)
+                    {
+                        var piece = (int)Math.Min(MaxChunkData, extent.End - at);
+                        switch (SendDataChunk(cookie, at, piece, done: at + piece == end))
+                        {
+                            case ChunkOutcome.Failed:
+                                return -1;
+                            case ChunkOutcome.ThroughPeer:
+                                return at;
+                        }
+
+                        at += piece;
+                    }
+                }
+
+                pos = extent.End;
             }
         }
+
+        return -1;
+    }
+
+    private enum ChunkOutcome
+    {
+        Sent,
+        Failed,
+        ThroughPeer,
     }
 
     /// <summary>
     /// Reads into the send buffer first and writes the header only on success, so an I/O error is
     /// detected before any byte of the chunk is on the wire and becomes an ERROR_OFFSET chunk instead.
-    /// Hold the send gate.
+    /// Nothing is sent when the range must be read through the peer (diskless). Hold the send gate.
     /// </summary>
-    private bool SendDataChunk(ulong cookie, long offset, int length, bool done)
+    private ChunkOutcome SendDataChunk(ulong cookie, long offset, int length, bool done)
     {
         const int HeaderSize = NbdProtocol.ChunkHeaderSize + 8;
         var span = _tx.Reserve(HeaderSize + length);
         try
         {
-            _volume.Read(offset, span.Slice(HeaderSize, length));
+            if (!_volume.TryReadLocal(offset, span.Slice(HeaderSize, length)))
+            {
+                return ChunkOutcome.ThroughPeer;
+            }
         }
         catch (BlockImageException ex)
         {
             NbdLog.RequestFailed(_log, Remote, "READ", (ulong)offset, (uint)length, ex.Message);
             var error = _tx.Reserve(NbdReplyEncoder.MaxErrorChunkSize);
             _tx.Commit(NbdReplyEncoder.ErrorChunk(error, cookie, ErrorCode(ex), ex.Message, (ulong)offset));
-            return false;
+            return ChunkOutcome.Failed;
         }
 
         NbdReplyEncoder.OffsetDataHeader(span, done, cookie, (ulong)offset, length);
         _tx.Commit(HeaderSize + length);
-        return true;
+        return ChunkOutcome.Sent;
     }
 
     private void SimpleRead(ulong cookie, long offset, int length)
+    {
+        if (!SimpleReadLocal(cookie, offset, length))
+        {
+            ReadThroughPeerLater(cookie, offset, length, structured: false);
+        }
+    }
+
+    /// <summary>Replies to a simple read from the local image; false, having sent nothing, when it must go through the peer.</summary>
+    private bool SimpleReadLocal(ulong cookie, long offset, int length)
     {
         const int HeaderSize = NbdProtocol.SimpleReplyHeaderSize;
         lock (_tx.Gate)
@@ -471,18 +510,21 @@ internal sealed class NbdConnection : IHostedConnection
                 var span = _tx.Reserve(HeaderSize + length);
                 try
                 {
-                    _volume.Read(offset, span.Slice(HeaderSize, length));
+                    if (!_volume.TryReadLocal(offset, span.Slice(HeaderSize, length)))
+                    {
+                        return false;
+                    }
                 }
                 catch (BlockImageException ex)
                 {
                     NbdLog.RequestFailed(_log, Remote, "READ", (ulong)offset, (uint)length, ex.Message);
                     _tx.Commit(NbdReplyEncoder.SimpleReply(span, ErrorCode(ex), cookie));
-                    return;
+                    return true;
                 }
 
                 NbdReplyEncoder.SimpleReply(span, 0, cookie);
                 _tx.Commit(HeaderSize + length);
-                return;
+                return true;
             }
 
             // Larger than the send buffer: read it all first, so an error can still be reported cleanly.
@@ -491,17 +533,21 @@ internal sealed class NbdConnection : IHostedConnection
             {
                 try
                 {
-                    _volume.Read(offset, rented.AsSpan(HeaderSize, length));
+                    if (!_volume.TryReadLocal(offset, rented.AsSpan(HeaderSize, length)))
+                    {
+                        return false;
+                    }
                 }
                 catch (BlockImageException ex)
                 {
                     NbdLog.RequestFailed(_log, Remote, "READ", (ulong)offset, (uint)length, ex.Message);
                     _tx.Commit(NbdReplyEncoder.SimpleReply(_tx.Reserve(HeaderSize), ErrorCode(ex), cookie));
-                    return;
+                    return true;
                 }
 
                 NbdReplyEncoder.SimpleReply(rented, 0, cookie);
                 _tx.SendDirect(rented.AsSpan(0, HeaderSize + length));
+                return true;
             }
             finally
             {
@@ -574,6 +620,70 @@ internal sealed class NbdConnection : IHostedConnection
         }
 
         ReplyAsync(error, cookie);
+    }
+
+    /// <summary>
+    /// A read the local image cannot serve (the volume is diskless): it is read through the peer into a pooled
+    /// buffer and answered when the peer replies (out of order, like a write's acknowledgement), so the
+    /// connection's reader never blocks on the peer. Call without holding the send gate.
+    /// </summary>
+    private void ReadThroughPeerLater(ulong cookie, long offset, int length, bool structured)
+    {
+        _inFlight.Wait();
+        _ = ReplyReadLater(cookie, offset, length, structured);
+    }
+
+    private async Task ReplyReadLater(ulong cookie, long offset, int length, bool structured)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        try
+        {
+            Exception? failed = null;
+            try
+            {
+                await _volume.ReadAsync(offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                // Every completion must reply and release its in-flight slot, whatever failed.
+                NbdLog.RequestFailed(_log, Remote, "READ", (ulong)offset, (uint)length, ex.Message);
+                failed = ex;
+            }
+
+            lock (_tx.Gate)
+            {
+                if (failed is not null)
+                {
+                    _tx.Commit(structured
+                        ? NbdReplyEncoder.ErrorChunk(_tx.Reserve(NbdReplyEncoder.MaxErrorChunkSize), cookie, ErrorCode(failed), failed.Message, (ulong)offset)
+                        : NbdReplyEncoder.SimpleReply(_tx.Reserve(NbdProtocol.SimpleReplyHeaderSize), ErrorCode(failed), cookie));
+                }
+                else if (!structured)
+                {
+                    _tx.Commit(NbdReplyEncoder.SimpleReply(_tx.Reserve(NbdProtocol.SimpleReplyHeaderSize), 0, cookie));
+                    _tx.SendDirect(buffer.AsSpan(0, length));
+                }
+                else
+                {
+                    const int HeaderSize = NbdProtocol.ChunkHeaderSize + 8;
+                    for (var at = 0; at < length;)
+                    {
+                        var piece = Math.Min(MaxChunkData, length - at);
+                        NbdReplyEncoder.OffsetDataHeader(_tx.Reserve(HeaderSize), at + piece == length, cookie, (ulong)(offset + at), piece);
+                        _tx.Commit(HeaderSize);
+                        _tx.SendDirect(buffer.AsSpan(at, piece));
+                        at += piece;
+                    }
+                }
+
+                _tx.FlushLocked();
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            _inFlight.Release();
+        }
     }
 
     private void ReplyAsync(uint error, ulong cookie)

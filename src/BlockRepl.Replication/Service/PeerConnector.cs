@@ -39,6 +39,9 @@ internal sealed class PeerConnector : IAsyncDisposable
     private readonly CallInvoker _invoker;
     private Task? _loop;
 
+    /// <summary>The volume's sending side (a connector exists only for a volume with a peer attached).</summary>
+    private ReplicationSource Source => _volume.Source ?? throw new InvalidOperationException($"volume {_volume.Name} has no peer configured");
+
     public PeerConnector(Volume volume, Uri peer, ReplicationSettings settings, ILogger log, Action<string> onStepDown)
     {
         _volume = volume;
@@ -133,7 +136,7 @@ internal sealed class PeerConnector : IAsyncDisposable
             }
             finally
             {
-                _volume.StreamClosed();
+                _volume.Source?.StreamClosed();
             }
 
             try
@@ -153,8 +156,9 @@ internal sealed class PeerConnector : IAsyncDisposable
         using var streamCancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var token = streamCancel.Token;
         using var call = _invoker.AsyncDuplexStreamingCall(ReplicationWire.Replicate, null, new CallOptions(cancellationToken: token));
-        var opening = _volume.DescribeForHandshake();
-        var link = _volume.Link!;
+        var source = Source;
+        var opening = source.DescribeForHandshake();
+        var link = source.Link;
         var g = opening.Generations;
         var handshake = new Handshake
         {
@@ -192,7 +196,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         var full = reply.Plan == SyncPlan.FullResync;
         link.PeerChecksums = (reply.Features & (uint)ReceiverFeature.Checksums) != 0;
         link.PeerServesReads = (reply.Features & (uint)ReceiverFeature.Reads) != 0;
-        var needResync = _volume.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
+        var needResync = source.StreamAccepted(full, reply.CurrentGeneration, targetFresh: reply.Fresh,
             peerInconsistent: reply.Disk == V1.DiskState.Inconsistent, peerDirtyRuns: reply.DirtyRuns, reason: $"{reply.Plan}: {reply.Message}");
         var decision = $"{reply.Plan}: {reply.Message}";
         ReplicationLog.Connected(_log, _volume.Name, Peer, decision);
@@ -206,7 +210,7 @@ internal sealed class PeerConnector : IAsyncDisposable
         };
         var first = await Task.WhenAny(tasks).ConfigureAwait(false);
         await streamCancel.CancelAsync().ConfigureAwait(false);
-        _volume.StreamClosed();
+        source.StreamClosed();
         try
         {
             await Task.WhenAll(tasks).ConfigureAwait(false);
@@ -388,7 +392,7 @@ internal sealed class PeerConnector : IAsyncDisposable
                     await _volume.RunChecksumPassAsync(first && full, log, token).ConfigureAwait(false);
                 }
 
-                await _volume.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
+                await Source.RunResyncAsync(first && full, message => ReplicationLog.Info(_log, _volume.Name, message), token).ConfigureAwait(false);
                 needResync = false;
                 first = false;
                 continue;
@@ -409,7 +413,7 @@ internal sealed class PeerConnector : IAsyncDisposable
             }
 
             // Nothing to do now: wait (signalled by the link and the role) until there is, or for the drain limit.
-            await _volume.WaitUntilAsync(
+            await Source.WaitUntilAsync(
                 l => ResyncDue(l) || (_volume.Role != CoreRole.Primary && (!demoted || l.WasDrained)),
                 drainLeft, token).ConfigureAwait(false);
         }

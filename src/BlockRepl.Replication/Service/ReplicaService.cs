@@ -91,7 +91,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
             if (reply.Fresh)
             {
-                volume.AdoptVolumeUuid(new Guid(handshake.VolumeUuid.Span, bigEndian: true));
+                volume.Target.AdoptVolumeUuid(new Guid(handshake.VolumeUuid.Span, bigEndian: true));
             }
 
             streamCancel.CancelAfter(Timeout.InfiniteTimeSpan);
@@ -104,7 +104,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 AppliedSeq = firstSeq - 1,
                 DurableSeq = firstSeq - 1,
             }, token).ConfigureAwait(false);
-            volume.SetReceiverConnection(ConnectionState.Connected);
+            volume.Target.SetConnection(ConnectionState.Connected);
             ReplicationLog.StreamAccepted(logger, volumeName, remote, decision);
 
             try
@@ -149,7 +149,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
             if (volume.Connection is ConnectionState.Connected or ConnectionState.SyncTarget or ConnectionState.Behind)
             {
-                volume.SetReceiverConnection(volume.HasPeer ? ConnectionState.Connecting : ConnectionState.Standalone);
+                volume.Target.SetConnection(volume.HasPeer ? ConnectionState.Connecting : ConnectionState.Standalone);
             }
 
             _active.TryRemove(new KeyValuePair<string, (CancellationTokenSource, Task)>(volumeName, (streamCancel, done.Task)));
@@ -243,7 +243,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             return (Refuse(RefuseReason.DiskFailed, $"volume {volume.Name}: the local disk is diskless", volume), volume, "");
         }
 
-        var mine = volume.DescribeForReceiver();
+        var mine = volume.Target.DescribeForReceiver();
         var senderUuid = new Guid(h.VolumeUuid.Span, bigEndian: true);
         if (!mine.Generations.Fresh && senderUuid != mine.VolumeUuid)
         {
@@ -277,7 +277,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
 
         // Ranges this node changed itself (it crashed or stepped down as primary, or discards its data): the
         // sender adds them to its bitmap so the resync overwrites them too.
-        var ownRuns = plan == SyncPlan.FullResync ? [] : volume.OwnDirtyRuns(MaxDirtyPairs);
+        var ownRuns = plan == SyncPlan.FullResync ? [] : volume.Target.OwnDirtyRuns(MaxDirtyPairs);
         if (plan == SyncPlan.InSync && ownRuns.Count > 0)
         {
             plan = SyncPlan.BitmapResync;
@@ -299,7 +299,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             return reply;
         }
 
-        var mine = volume.DescribeForReceiver();
+        var mine = volume.Target.DescribeForReceiver();
         reply.NodeId = ByteString.CopyFrom(mine.NodeId.ToByteArray(bigEndian: true));
         reply.CurrentGeneration = mine.Generations.Current;
         reply.BitmapGeneration = mine.Generations.Bitmap;
@@ -434,11 +434,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             var state = volume.Connection;
             if (ahead && state == ConnectionState.Connected)
             {
-                volume.SetReceiverConnection(ConnectionState.Behind);
+                volume.Target.SetConnection(ConnectionState.Behind);
             }
             else if (!ahead && state == ConnectionState.Behind)
             {
-                volume.SetReceiverConnection(ConnectionState.Connected);
+                volume.Target.SetConnection(ConnectionState.Connected);
             }
         }
 
@@ -494,7 +494,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             Volatile.Write(ref _applied, last);
             if (needsDurable)
             {
-                await volume.FlushImageAsync().ConfigureAwait(false);
+                await volume.Target.FlushImageAsync().ConfigureAwait(false);
                 Volatile.Write(ref _durable, last);
             }
 
@@ -556,7 +556,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
                 Volatile.Write(ref _received, last);
                 while (reader.TryReadNext(out var header, out var payload))
                 {
-                    volume.ApplyRecord(header, payload);
+                    volume.Target.ApplyRecord(header, payload);
                     needsDurable |= header.IsFua || header.Kind == JournalRecordKind.Flush;
                 }
             }
@@ -566,7 +566,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
             }
 
             _expected = last + 1;
-            volume.NoteSenderProgress(batch.SenderLastSeq, batch.SenderUnsentBytes, last);
+            volume.Target.NoteSenderProgress(batch.SenderLastSeq, batch.SenderUnsentBytes, last);
             return (last, needsDurable);
         }
 
@@ -574,11 +574,11 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         {
             if (marker.Begin)
             {
-                volume.BeginSyncTarget();
+                volume.Target.BeginSyncTarget();
             }
             else
             {
-                await volume.EndSyncTargetAsync(marker.Generation, marker.Full).ConfigureAwait(false);
+                await volume.Target.EndSyncTargetAsync(marker.Generation, marker.Full).ConfigureAwait(false);
                 Volatile.Write(ref _durable, Volatile.Read(ref _applied));
                 _ackSignal.Release();
             }
@@ -660,7 +660,7 @@ internal sealed class ReplicaService(IReadOnlyDictionary<string, Volume> volumes
         {
             try
             {
-                await volume.FlushImageAsync().ConfigureAwait(false);
+                await volume.Target.FlushImageAsync().ConfigureAwait(false);
                 InterlockedMax(ref _durable, applied);
                 _ackSignal.Release();
             }

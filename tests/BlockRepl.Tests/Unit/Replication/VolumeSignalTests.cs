@@ -26,7 +26,7 @@ public sealed class VolumeSignalTests
     {
         using var temp = new TempVolume(role: VolumeRole.Secondary);
         temp.Volume.AttachPeer(ReplicationMode.Sync, PeerLossPolicy.Continue, 8 << 20);
-        var primary = temp.Volume.WaitUntilAsync(_ => temp.Volume.Role == VolumeRole.Primary, Timeout.InfiniteTimeSpan, CancellationToken.None);
+        var primary = temp.Volume.Source!.WaitUntilAsync(_ => temp.Volume.Role == VolumeRole.Primary, Timeout.InfiniteTimeSpan, CancellationToken.None);
         Assert.False(primary.IsCompleted);
 
         Assert.True(temp.Volume.Promote(force: true).Done); // the link does not change: only the role signals

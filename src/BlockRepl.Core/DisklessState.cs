@@ -1,3 +1,4 @@
+using System.Buffers;
 using BlockRepl.Core.Replication;
 
 namespace BlockRepl.Core;
@@ -7,31 +8,35 @@ namespace BlockRepl.Core;
 /// serves every read and write through its peer; the client sees no error. <see cref="AttachDiskAsync"/> brings
 /// a returning disk back by pulling from the peer what it missed.
 /// </summary>
-public sealed partial class Volume
+/// <remarks>
+/// Threading: <see cref="IsDiskless"/> is one volatile flag, set and cleared under the volume's ordering lock
+/// (<see cref="Volume.OrderLock"/>), which also guards the ranges the image lacks; NAME.meta changes under the
+/// volume's metadata gate. This type has no lock of its own.
+/// </remarks>
+internal sealed class DisklessState
 {
+    private readonly Volume _volume;
     private volatile bool _diskless;
-    private DirtyBitmap? _localMissing; // ranges the local image lacks (written while diskless); under _order
+    private DirtyBitmap? _localMissing; // ranges the local image lacks (written while diskless); under the ordering lock
     private int _attaching; // 1 while an attach pulls from the peer
+
+    internal DisklessState(Volume volume) => _volume = volume;
+
+    /// <summary>True while the local disk is detached and every read and write goes through the peer.</summary>
+    internal bool IsDiskless => _diskless;
 
     /// <summary>
     /// Detach on a local I/O error (EIO, ENOSPC) when the peer holds the write (sync mode, connected); otherwise
     /// the client gets the error (`serve --on-io-error detach|pass`).
     /// </summary>
-    public bool DetachOnIoError { get; set; } = true;
-
-    /// <summary>Test hook: make every local image operation fail with EIO (see <see cref="BlockImage.InjectFailures"/>).</summary>
-    public bool InjectDiskFailures
-    {
-        get => _image.InjectFailures;
-        set => _image.InjectFailures = value;
-    }
+    internal bool DetachOnIoError { get; set; } = true;
 
     /// <summary>Bytes the local image lacks while diskless (what an attach pulls from the peer).</summary>
-    public long LocalMissingBytes
+    internal long LocalMissingBytes
     {
         get
         {
-            lock (_order)
+            lock (_volume.OrderLock)
             {
                 return _localMissing?.DirtyBytes ?? 0;
             }
@@ -42,34 +47,34 @@ public sealed partial class Volume
     /// Detaching is safe only when the peer holds everything: sync mode, connected, no resync running and nothing
     /// dirty (a sync source that lost its disk mid-resync has data nowhere else; its clients must see the error).
     /// </summary>
-    private bool CanDetachLocked() =>
-        DetachOnIoError && _role == VolumeRole.Primary && _link is { } link && link.Mode == ReplicationMode.Sync
+    internal bool CanDetachLocked() =>
+        DetachOnIoError && _volume.Role == VolumeRole.Primary && _volume.Link is { } link && link.Mode == ReplicationMode.Sync
         && link.State is { Accepted: true, Ahead: false, Resyncing: false } && link.PeerServesReads && !link.HasDirty;
 
     /// <summary>
     /// Diskless with no connected peer: nothing can hold a change. Checked before the change gets a generation or a
     /// bitmap bit, so a write that fails here leaves no trace.
     /// </summary>
-    private void ThrowIfDisklessWithoutPeerLocked()
+    internal void ThrowIfWithoutPeerLocked()
     {
-        if (_diskless && !(_link is { } link && link.State.Accepted))
+        if (_diskless && !(_volume.Link is { } link && link.State.Accepted))
         {
-            Counters.Error();
-            throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
+            _volume.Counters.Error();
+            throw new BlockImageException($"volume {_volume.Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
         }
     }
 
     /// <summary>While diskless, a change goes to the peer only: true (skip the local image), or EIO when the peer is away.</summary>
-    private bool SkipLocalLocked(long offset, long length, WriteWaiter? peer)
+    internal bool SkipLocalLocked(long offset, long length, WriteWaiter? peer)
     {
         if (!_diskless)
         {
             return false;
         }
 
-        if (peer is null || !(_link?.Streaming ?? false))
+        if (peer is null || !(_volume.Link?.Streaming ?? false))
         {
-            throw new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
+            throw new BlockImageException($"volume {_volume.Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO);
         }
 
         _localMissing!.Mark(offset, length);
@@ -77,7 +82,7 @@ public sealed partial class Volume
     }
 
     /// <summary>The local change failed: detach when the peer holds it (its record is queued with a sync waiter).</summary>
-    private bool TryDetachLocked(BlockImageException error, WriteWaiter? peer, long offset, long length)
+    internal bool TryDetachLocked(BlockImageException error, WriteWaiter? peer, long offset, long length)
     {
         if (peer is null || !CanDetachLocked())
         {
@@ -93,9 +98,10 @@ public sealed partial class Volume
         return true;
     }
 
-    private bool TryDetachForRead(BlockImageException error)
+    /// <summary>A local read failed: true when the volume is (now) diskless and the read goes through the peer.</summary>
+    internal bool TryDetachForRead(BlockImageException error)
     {
-        lock (_order)
+        lock (_volume.OrderLock)
         {
             if (_diskless)
             {
@@ -116,40 +122,40 @@ public sealed partial class Volume
 
         try
         {
-            lock (_metaGate)
+            lock (_volume.MetaGate)
             {
                 // Recorded first, so that a restart never serves this image as up to date: from now on it lacks what
                 // goes only to the peer. If even that cannot be written, detaching would be unsafe.
-                _metadata.Disk = DiskState.Diskless.Name();
-                _metaFile.Save(_metadata);
+                _volume.Metadata.Disk = DiskState.Diskless.Name();
+                _volume.SaveMetadataLocked();
             }
         }
         catch (IOException ex)
         {
-            lock (_metaGate)
+            lock (_volume.MetaGate)
             {
-                _metadata.Disk = _disk.Name();
+                _volume.Metadata.Disk = _volume.Disk.Name();
             }
 
-            ReportError($"local disk failed ({error.Message}) and NAME.meta cannot record a detach ({ex.Message}): the error goes to the client");
+            _volume.ReportError($"local disk failed ({error.Message}) and NAME.meta cannot record a detach ({ex.Message}): the error goes to the client");
             return false;
         }
 
-        _localMissing ??= new DirtyBitmap(Size);
+        _localMissing ??= new DirtyBitmap(_volume.Size);
         _diskless = true;
-        _disk = DiskState.Diskless;
-        Counters.Error();
-        ReportError($"local disk failed ({error.Message}): detached; reads and writes go through the peer (diskless)");
+        _volume.SetDisk(DiskState.Diskless);
+        _volume.Counters.Error();
+        _volume.ReportError($"local disk failed ({error.Message}): detached; reads and writes go through the peer (diskless)");
         return true;
     }
 
     /// <summary>The local half of a FLUSH or FUA: none while diskless; a failing fdatasync detaches when it can.</summary>
-    private Task? LocalFlushAsync(WriteWaiter? peer)
+    internal Task? LocalFlushAsync(WriteWaiter? peer)
     {
         if (_diskless)
         {
             return peer is null
-                ? Task.FromException(new BlockImageException($"volume {Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO))
+                ? Task.FromException(new BlockImageException($"volume {_volume.Name}: the local disk is detached (diskless) and the peer is not connected", Native.LibC.EIO))
                 : null;
         }
 
@@ -160,11 +166,11 @@ public sealed partial class Volume
     {
         try
         {
-            await _flush.FlushAsync().ConfigureAwait(false);
+            await _volume.FlushImageAsync().ConfigureAwait(false);
         }
         catch (BlockImageException ex)
         {
-            lock (_order)
+            lock (_volume.OrderLock)
             {
                 if (peer is null || !CanDetachLocked() || !DetachLocked(ex))
                 {
@@ -178,30 +184,49 @@ public sealed partial class Volume
         }
     }
 
-    private void ReadThroughPeer(long offset, Span<byte> destination)
+    /// <summary>Reads a range from the peer, in pieces of at most <see cref="PeerLink.MaxPeerRead"/>; EIO when it fails or times out.</summary>
+    internal async Task ReadThroughPeerAsync(long offset, Memory<byte> destination)
     {
-        var link = _link ?? throw new BlockImageException($"volume {Name}: diskless without a peer", Native.LibC.EIO);
+        var link = _volume.Link ?? throw new BlockImageException($"volume {_volume.Name}: diskless without a peer", Native.LibC.EIO);
         for (var done = 0; done < destination.Length;)
         {
             var length = Math.Min(PeerLink.MaxPeerRead, destination.Length - done);
             byte[] data;
             try
             {
-                data = link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).GetAwaiter().GetResult();
+                data = await link.RequestRead(offset + done, length).WaitAsync(LocksAndLimits.PeerReadTimeout).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is not BlockImageException)
             {
-                Counters.Error();
-                throw new BlockImageException($"volume {Name}: read through the peer failed: {ex.Message}", Native.LibC.EIO, ex);
+                _volume.Counters.Error();
+                throw new BlockImageException($"volume {_volume.Name}: read through the peer failed: {ex.Message}", Native.LibC.EIO, ex);
             }
             catch (BlockImageException)
             {
-                Counters.Error();
+                _volume.Counters.Error();
                 throw;
             }
 
             data.CopyTo(destination[done..]);
             done += length;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="ReadThroughPeerAsync"/> for a caller without an async path (<see cref="Volume.Read"/>): blocks the
+    /// calling thread until the peer answers. Front ends do not come here (<see cref="Volume.ReadAsync"/>).
+    /// </summary>
+    internal void ReadThroughPeer(long offset, Span<byte> destination)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(destination.Length);
+        try
+        {
+            ReadThroughPeerAsync(offset, buffer.AsMemory(0, destination.Length)).GetAwaiter().GetResult();
+            buffer.AsSpan(0, destination.Length).CopyTo(destination);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
@@ -215,7 +240,7 @@ public sealed partial class Volume
     /// it (diskless: to the peer only) marks its range missing again, and a later round pulls it again. The read is
     /// awaited outside the lock; the volume goes back to its local disk only under the lock, when nothing is missing.
     /// </remarks>
-    public async Task<RoleChangeResult> AttachDiskAsync(CancellationToken cancellationToken)
+    internal async Task<RoleChangeResult> AttachDiskAsync(CancellationToken cancellationToken)
     {
         if (!_diskless)
         {
@@ -229,7 +254,7 @@ public sealed partial class Volume
 
         try
         {
-            return await PullMissingAsync(_link!, cancellationToken).ConfigureAwait(false);
+            return await PullMissingAsync(_volume.Link!, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -239,6 +264,7 @@ public sealed partial class Volume
 
     private async Task<RoleChangeResult> PullMissingAsync(PeerLink link, CancellationToken cancellationToken)
     {
+        var image = _volume.Image;
         long pulled = 0;
         while (true)
         {
@@ -246,13 +272,13 @@ public sealed partial class Volume
             long offset;
             int length;
             Task<byte[]> read;
-            lock (_order)
+            lock (_volume.OrderLock)
             {
                 if (!_localMissing!.TakeRun(0, PeerLink.MaxPeerRead, out offset, out length))
                 {
                     try
                     {
-                        _image.Flush();
+                        image.Flush();
                     }
                     catch (BlockImageException ex)
                     {
@@ -260,11 +286,11 @@ public sealed partial class Volume
                     }
 
                     _diskless = false;
-                    _disk = DiskState.UpToDate;
-                    lock (_metaGate)
+                    _volume.SetDisk(DiskState.UpToDate);
+                    lock (_volume.MetaGate)
                     {
-                        _metadata.Disk = DiskState.UpToDate.Name();
-                        _metaFile.Save(_metadata);
+                        _volume.Metadata.Disk = DiskState.UpToDate.Name();
+                        _volume.SaveMetadataLocked();
                     }
 
                     return new RoleChangeResult(true, "", MissingBytes: (ulong)pulled);
@@ -276,14 +302,14 @@ public sealed partial class Volume
             try
             {
                 var data = await read.WaitAsync(LocksAndLimits.PeerReadTimeout, cancellationToken).ConfigureAwait(false);
-                lock (_order)
+                lock (_volume.OrderLock)
                 {
-                    _image.Write(offset, data);
+                    image.Write(offset, data);
                 }
             }
             catch (Exception ex) when (ex is BlockImageException or TimeoutException or OperationCanceledException)
             {
-                lock (_order)
+                lock (_volume.OrderLock)
                 {
                     _localMissing.Mark(offset, length);
                 }
