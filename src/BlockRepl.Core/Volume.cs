@@ -149,8 +149,12 @@ public sealed partial class Volume : IDisposable
         }
 
         _role = role;
+        Changes.Pulse();
         Interlocked.Exchange(ref _roleChanged, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
+
+    /// <summary>Pulsed at every change a person watches (role, disk, connection, last error): <c>status --watch</c>.</summary>
+    public ChangeSignal Changes { get; } = new();
 
     public DiskState Disk => _disk;
 
@@ -195,6 +199,7 @@ public sealed partial class Volume : IDisposable
     {
         _lastError = message;
         Interlocked.Exchange(ref _lastErrorUnixMs, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        Changes.Pulse();
     }
 
     public GenerationInfo Generations

@@ -267,6 +267,8 @@ public sealed partial class Volume
                         _metaFile.Save(_metadata);
                     }
 
+                    Changes.Pulse();
+
                     return new RoleChangeResult(true, "", MissingBytes: (ulong)pulled);
                 }
 

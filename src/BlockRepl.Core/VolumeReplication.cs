@@ -27,6 +27,7 @@ public sealed partial class Volume
         // The sending side's state is the volume's connection state while primary (and not in split brain).
         link.StateChanged = state =>
         {
+            Changes.Pulse();
             if (_role == VolumeRole.Primary && !_splitBrain)
             {
                 ConnectionHistory.Enter(state);
@@ -262,6 +263,7 @@ public sealed partial class Volume
     {
         _splitBrain = value;
         ConnectionHistory.Enter(Connection);
+        Changes.Pulse();
     }
 
     /// <summary>
@@ -466,6 +468,7 @@ public sealed partial class Volume
     {
         _receiverConnection = state;
         ConnectionHistory.Enter(Connection);
+        Changes.Pulse();
     }
 
     /// <summary>A fresh node takes the identity of the volume it is about to receive.</summary>
