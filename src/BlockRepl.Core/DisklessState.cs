@@ -293,6 +293,8 @@ internal sealed class DisklessState
                         _volume.SaveMetadataLocked();
                     }
 
+                    _volume.Changes.Pulse();
+
                     return new RoleChangeResult(true, "", MissingBytes: (ulong)pulled);
                 }
 

@@ -30,7 +30,9 @@ namespace BlockRepl.Core;
 /// <c>ReplicaTarget</c> (apply a record under 1; metadata under 2) and <c>DisklessState</c> (detach, attach under 1).</para>
 /// <para>Callbacks out of a lock: the activity log's <c>NotifyProgress</c> and <c>Commit</c> run after the link's
 /// lock is released (thread pool), and waiters' continuations run asynchronously (on the thread pool), so no
-/// continuation runs under a lock, and none on the ack loop's thread: a front end's reply can block on a slow client.</para>
+/// continuation runs under a lock, and none on the ack loop's thread: a front end's reply can block on a slow client.
+/// <see cref="ChangeSignal.Pulse"/> takes no lock, so it may be called under any of them; its waiters resume on the
+/// thread pool too.</para>
 /// <para><b>Backpressure thresholds.</b> The send queue bound B is <c>serve --send-queue</c> (at least
 /// <see cref="MinSendQueueBytes"/>).</para>
 /// <code>
@@ -60,6 +62,9 @@ namespace BlockRepl.Core;
 /// ActivityLogMaxRequestExtents       16             a trim or zero range holds at most this many extents at once
 /// MaxPooledWaiters                   4096           free write waiters kept per link (more are left to the GC)
 /// MaxPooledLinkItems                 4096           free queue entries kept per link
+/// WatchMinInterval                   250 ms         a status watch's default least time between two replies
+/// WatchMaxInterval                   1 s            ... and most time (its periodic refresh, the only timer)
+/// WatchIntervalFloor / Ceiling       50 ms / 1 h    the intervals a watch asks for are kept within these
 /// </code>
 /// </remarks>
 public static class LocksAndLimits
@@ -144,4 +149,16 @@ public static class LocksAndLimits
 
     /// <summary>Volume splits trims and zero ranges so one request never holds more activity-log extents than this.</summary>
     public const int ActivityLogMaxRequestExtents = 16;
+
+    /// <summary>A status watch (Admin/WatchStatus) that asks for no least interval waits this long between replies.</summary>
+    public static readonly TimeSpan WatchMinInterval = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>A status watch that asks for no most interval sends a reply at least this often, changes or not.</summary>
+    public static readonly TimeSpan WatchMaxInterval = TimeSpan.FromSeconds(1);
+
+    /// <summary>A watch's least interval is raised to this: a client cannot make the daemon build replies in a loop.</summary>
+    public static readonly TimeSpan WatchIntervalFloor = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>A watch's most interval is cut to this.</summary>
+    public static readonly TimeSpan WatchIntervalCeiling = TimeSpan.FromHours(1);
 }

@@ -150,19 +150,28 @@ public sealed class Volume : IDisposable
         }
 
         _role = role;
+        Changes.Pulse();
         Interlocked.Exchange(ref _roleChanged, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
+
+    /// <summary>Pulsed at every change a person watches (role, disk, connection, last error): <c>status --watch</c>.</summary>
+    public ChangeSignal Changes { get; } = new();
 
     public DiskState Disk => _disk;
 
     /// <summary>The one place the disk state changes after the volume opened (the caller records it in the metadata as its step needs).</summary>
-    internal void SetDisk(DiskState disk) => _disk = disk;
+    internal void SetDisk(DiskState disk)
+    {
+        _disk = disk;
+        Changes.Pulse();
+    }
 
     /// <summary>The one place split brain is entered or left (by either side of replication); the history records the change.</summary>
     internal void SetSplitBrain(bool value)
     {
         _splitBrain = value;
         ConnectionHistory.Enter(Connection);
+        Changes.Pulse();
     }
 
     /// <summary>The connection state of DESIGN.md, from the sending side (a link) or the receiving side.</summary>
@@ -212,6 +221,7 @@ public sealed class Volume : IDisposable
     {
         _lastError = message;
         Interlocked.Exchange(ref _lastErrorUnixMs, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        Changes.Pulse();
     }
 
     public GenerationInfo Generations
@@ -1108,6 +1118,7 @@ public sealed class Volume : IDisposable
         // The sending side's state is the volume's connection state while primary (and not in split brain).
         link.StateChanged = state =>
         {
+            Changes.Pulse();
             if (_role == VolumeRole.Primary && !_splitBrain)
             {
                 ConnectionHistory.Enter(state);

@@ -34,6 +34,10 @@ internal sealed record AdminAddress(string? UnixPath, IPEndPoint? Tcp)
                 ConnectTimeout = TimeSpan.FromSeconds(5),
                 UseProxy = false,
                 ConnectCallback = ConnectAsync,
+                // A status watch over TCP notices a daemon host that vanished without closing the connection.
+                KeepAlivePingDelay = TimeSpan.FromSeconds(10),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
+                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
             },
         });
 

@@ -23,54 +23,98 @@ internal static class AdminCommands
     }
 
     /// <summary>
-    /// `status --watch`: the status every second until Ctrl-C. On a terminal the screen is redrawn, with a progress
-    /// bar (bytes, rate over the last seconds, ETA) for each running resync; otherwise one line per volume per second.
+    /// `status --watch`: the daemon's status stream (Admin/WatchStatus) until Ctrl-C: a new status at each change the
+    /// daemon signals (role, disk, connection, resync start and end, last error) and at least every second. On a
+    /// terminal the screen is redrawn, with a progress bar (bytes, rate over the last seconds, ETA) for each running
+    /// resync; otherwise one line per volume per status, or with <paramref name="json"/> one JSON object per line.
+    /// An older daemon without the stream is polled every second instead. Exit 0 on Ctrl-C, 1 (and one line on
+    /// stderr) when the daemon goes away.
     /// </summary>
-    public static async Task<int> WatchAsync(AdminAddress admin, string? volume, TimeSpan interval, CancellationToken cancellationToken)
+    public static async Task<int> WatchAsync(AdminAddress admin, string? volume, bool json, CancellationToken cancellationToken)
     {
-        var terminal = !Console.IsOutputRedirected;
-        var samples = new Dictionary<string, Queue<(DateTime At, long Done)>>(StringComparer.Ordinal);
+        var view = new WatchView(json);
+        var replies = 0;
+        using var channel = admin.CreateChannel();
+        try
+        {
+            // Intervals 0: the daemon's defaults (LocksAndLimits.WatchMinInterval, WatchMaxInterval).
+            using var call = new Admin.AdminClient(channel).WatchStatus(
+                new WatchStatusRequest { Volume = volume ?? "" }, new CallOptions(cancellationToken: cancellationToken));
+            await foreach (var reply in call.ResponseStream.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            {
+                replies++;
+                view.Show(StatusReport.From(reply));
+            }
+
+            await Console.Error.WriteLineAsync($"blockrepl: the daemon on {admin} ended the watch").ConfigureAwait(false);
+            return 1;
+        }
+        catch (Exception ex) when (cancellationToken.IsCancellationRequested && ex is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+        {
+            return 0;
+        }
+        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unimplemented && replies == 0)
+        {
+            await Console.Error.WriteLineAsync($"blockrepl: the daemon on {admin} does not stream its status (an older version): polling every second")
+                .ConfigureAwait(false);
+        }
+        catch (RpcException ex) when (replies > 0)
+        {
+            await Console.Error.WriteLineAsync($"blockrepl: the daemon on {admin} went away ({ex.Status.Detail})").ConfigureAwait(false);
+            return 1;
+        }
+        catch (RpcException ex)
+        {
+            throw Describe(admin, ex, CallTimeout);
+        }
+
+        return await PollAsync(admin, volume, view, TimeSpan.FromSeconds(1), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>`status --watch` against a daemon without Admin/WatchStatus: the status every <paramref name="interval"/>.</summary>
+    private static async Task<int> PollAsync(AdminAddress admin, string? volume, WatchView view, TimeSpan interval, CancellationToken cancellationToken)
+    {
         while (!cancellationToken.IsCancellationRequested)
         {
-            StatusReport report;
             try
             {
                 var reply = await CallAsync(admin, (client, options) => client.StatusAsync(new StatusRequest { Volume = volume ?? "" }, options), CallTimeout, cancellationToken)
                     .ConfigureAwait(false);
-                report = StatusReport.From(reply);
-            }
-            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-            {
-                break;
-            }
-
-            var now = DateTime.UtcNow;
-            var bars = new StringBuilder();
-            foreach (var v in report.Volumes)
-            {
-                bars.AppendLine(ProgressLine(v, now, samples, terminal ? 40 : 0));
-            }
-
-            if (terminal)
-            {
-                Console.Out.Write("\u001b[H\u001b[2J" + Format(report) + "\n" + bars + "(Ctrl-C to stop)\n");
-            }
-            else
-            {
-                Console.Out.Write(bars.ToString());
-            }
-
-            try
-            {
+                view.Show(StatusReport.From(reply));
                 await Task.Delay(interval, cancellationToken).ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
                 break;
             }
         }
 
         return 0;
+    }
+
+    /// <summary>How `status --watch` shows each status it gets.</summary>
+    private sealed class WatchView(bool json)
+    {
+        private readonly bool _terminal = !Console.IsOutputRedirected;
+        private readonly Dictionary<string, Queue<(DateTime At, long Done)>> _samples = new(StringComparer.Ordinal);
+
+        public void Show(StatusReport report)
+        {
+            if (json)
+            {
+                Console.Out.Write(JsonSerializer.Serialize(report, StatusJsonLineContext.Default.StatusReport) + "\n");
+                return;
+            }
+
+            var now = DateTime.UtcNow;
+            var bars = new StringBuilder();
+            foreach (var v in report.Volumes)
+            {
+                bars.AppendLine(ProgressLine(v, now, _samples, _terminal ? 40 : 0));
+            }
+
+            Console.Out.Write(_terminal ? "\u001b[H\u001b[2J" + Format(report) + "\n" + bars + "(Ctrl-C to stop)\n" : bars.ToString());
+        }
     }
 
     /// <summary>One line: the volume's state, and for a resync a bar, bytes, the rate over the last 5 s and the ETA.</summary>
@@ -254,19 +298,19 @@ internal static class AdminCommands
         {
             return await call(new Admin.AdminClient(channel), new CallOptions(deadline: DateTime.UtcNow + timeout, cancellationToken: cancellationToken)).ConfigureAwait(false);
         }
-        catch (RpcException ex) when (ex.StatusCode == StatusCode.Unavailable && FindSocketError(ex) is { } socketError)
-        {
-            throw new UserError($"no daemon answers on {admin}: {socketError.Message}");
-        }
-        catch (RpcException ex) when (ex.StatusCode == StatusCode.DeadlineExceeded)
-        {
-            throw new UserError($"the daemon on {admin} did not answer within {timeout.TotalSeconds:0} s");
-        }
         catch (RpcException ex)
         {
-            throw new UserError($"{admin}: {ex.Status.Detail} ({ex.StatusCode})");
+            throw Describe(admin, ex, timeout);
         }
     }
+
+    /// <summary>A failed call as the one line a user sees.</summary>
+    private static UserError Describe(AdminAddress admin, RpcException ex, TimeSpan timeout) => ex.StatusCode switch
+    {
+        StatusCode.Unavailable when FindSocketError(ex) is { } socketError => new UserError($"no daemon answers on {admin}: {socketError.Message}"),
+        StatusCode.DeadlineExceeded => new UserError($"the daemon on {admin} did not answer within {timeout.TotalSeconds:0} s"),
+        _ => new UserError($"{admin}: {ex.Status.Detail} ({ex.StatusCode})"),
+    };
 
     private static Exception? FindSocketError(Exception ex)
     {

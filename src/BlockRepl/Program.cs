@@ -89,10 +89,10 @@ Command AdminVerb(string name, string description, Func<AdminAddress, string?, P
 
 var json = new Option<bool>("--json") { Description = "print the status as JSON" };
 var force = new Option<bool>("--force") { Description = "promote even when the peer is a connected primary or the local disk is not uptodate" };
-var watch = new Option<bool>("--watch") { Description = "refresh every second until Ctrl-C, with a progress bar (bytes, rate, ETA) for a running resync" };
+var watch = new Option<bool>("--watch") { Description = "follow the status until Ctrl-C: at each change and at least every second, with a progress bar (bytes, rate, ETA) for a running resync; with --json one object per line" };
 var status = AdminVerb("status", "show the volumes of a running daemon",
     (a, v, r, ct) => r.GetValue(watch)
-        ? AdminCommands.WatchAsync(a, v, TimeSpan.FromSeconds(1), ct)
+        ? AdminCommands.WatchAsync(a, v, r.GetValue(json), ct)
         : AdminCommands.StatusAsync(a, v, r.GetValue(json), ct), json, watch);
 var promote = AdminVerb("promote", "make this node's volume primary (failover or planned switchover)",
     (a, v, r, ct) => AdminCommands.PromoteAsync(a, v, r.GetValue(force), ct), force);

@@ -189,7 +189,8 @@ internal static class ServeCommand
         var byName = new Dictionary<string, Volume>(StringComparer.Ordinal) { [volume.Name] = volume };
         volumes = byName.Values;
         replica = new ReplicaService(byName, settings, replLog);
-        adminService = new AdminService([new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)], replica, DateTimeOffset.UtcNow, replLog);
+        adminService = new AdminService(
+            [new AdminVolume(volume, replication.Peer?.ToString(), DisconnectClients)], replica, DateTimeOffset.UtcNow, replLog, app.Lifetime.ApplicationStopping);
         if (replication.Listen is not null)
         {
             app.MapGrpcService<ReplicaService>();

@@ -144,3 +144,8 @@ internal sealed record VerifyReportJson(
 [JsonSerializable(typeof(StatusReport))]
 [JsonSerializable(typeof(VerifyReportJson))]
 internal sealed partial class StatusJsonContext : JsonSerializerContext;
+
+/// <summary>`status --watch --json`: the same names, one object per line.</summary>
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
+[JsonSerializable(typeof(StatusReport))]
+internal sealed partial class StatusJsonLineContext : JsonSerializerContext;

@@ -32,6 +32,7 @@ internal sealed class ReplicaTarget
     {
         _connection = state;
         _volume.ConnectionHistory.Enter(_volume.Connection);
+        _volume.Changes.Pulse();
     }
 
     /// <summary>Identity and generations for a receiver's handshake decision.</summary>

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using BlockRepl.Core;
 using BlockRepl.Replication.V1;
 using Grpc.Core;
@@ -15,15 +16,84 @@ internal sealed record AdminVolume(Volume Volume, string? Peer, Func<int> CloseC
 /// The Admin service (status, promote, demote, verify, resolve, attach) that the `blockrepl` verbs call. Served
 /// only on the admin address (<see cref="ListenerGuard"/> refuses it on the replication port).
 /// </summary>
+/// <param name="stopping">Cancelled when the daemon begins to stop: open status watches end then, so the host's
+/// graceful stop never waits on them.</param>
 internal sealed class AdminService(
-    IReadOnlyList<AdminVolume> volumes, ReplicaService replica, DateTimeOffset startedAt, ILogger logger)
+    IReadOnlyList<AdminVolume> volumes, ReplicaService replica, DateTimeOffset startedAt, ILogger logger, CancellationToken stopping)
     : Admin.AdminBase
 {
 
     /// <summary>How long a demotion waits for the peer by default (<c>demote --timeout</c> overrides it).</summary>
     public static readonly TimeSpan DemoteDrainTimeout = TimeSpan.FromSeconds(30);
 
-    public override Task<StatusReply> Status(StatusRequest request, ServerCallContext context)
+    public override Task<StatusReply> Status(StatusRequest request, ServerCallContext context) =>
+        Task.FromResult(Reply(Select(request.Volume)));
+
+    /// <summary>
+    /// The status at once, then at each change of a watched volume (its <see cref="Volume.Changes"/>), no sooner than
+    /// the least interval after the previous reply and no later than the most interval. Waits on the volumes'
+    /// signals and one timeout; nothing polls.
+    /// </summary>
+    public override async Task WatchStatus(WatchStatusRequest request, IServerStreamWriter<StatusReply> responseStream, ServerCallContext context)
+    {
+        var watched = Select(request.Volume).ToArray();
+        var (least, most) = WatchIntervals(request.MinIntervalMs, request.MaxIntervalMs);
+        using var ended = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, stopping);
+        var seen = new long[watched.Length];
+        var changes = new Task[watched.Length];
+        try
+        {
+            while (true)
+            {
+                // Versions first, then the state: a change while the reply is built shows in this reply or wakes
+                // the wait below at once.
+                for (var i = 0; i < watched.Length; i++)
+                {
+                    seen[i] = watched[i].Volume.Changes.Version;
+                }
+
+                await responseStream.WriteAsync(Reply(watched), ended.Token).ConfigureAwait(false);
+                var sentAt = Stopwatch.GetTimestamp();
+                for (var i = 0; i < watched.Length; i++)
+                {
+                    changes[i] = watched[i].Volume.Changes.WaitAsync(seen[i]);
+                }
+
+                var changed = changes.Length == 1 ? changes[0] : Task.WhenAny(changes);
+                await changed.WaitAsync(most, ended.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                ended.Token.ThrowIfCancellationRequested();
+
+                // A change sooner than the least interval: the changes until then go out together in one reply.
+                var rest = least - Stopwatch.GetElapsedTime(sentAt);
+                if (rest > TimeSpan.Zero)
+                {
+                    await Task.Delay(rest, ended.Token).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (Exception ex) when (ended.IsCancellationRequested && ex is OperationCanceledException or InvalidOperationException or IOException)
+        {
+            // The client went away (nothing more to send), or the daemon is stopping: say so in the status.
+            if (!context.CancellationToken.IsCancellationRequested)
+            {
+                context.Status = new Status(StatusCode.Unavailable, "the daemon is stopping");
+            }
+        }
+    }
+
+    /// <summary>The least and most time between two watch replies, from what the client asked (0: the default).</summary>
+    internal static (TimeSpan Least, TimeSpan Most) WatchIntervals(uint minMs, uint maxMs)
+    {
+        var least = minMs == 0 ? LocksAndLimits.WatchMinInterval : TimeSpan.FromMilliseconds(minMs);
+        least = Clamp(least, LocksAndLimits.WatchIntervalFloor, LocksAndLimits.WatchIntervalCeiling);
+        var most = maxMs == 0 ? LocksAndLimits.WatchMaxInterval : TimeSpan.FromMilliseconds(maxMs);
+        most = Clamp(most, least, LocksAndLimits.WatchIntervalCeiling);
+        return (least, most);
+
+        static TimeSpan Clamp(TimeSpan value, TimeSpan low, TimeSpan high) => value < low ? low : value > high ? high : value;
+    }
+
+    private StatusReply Reply(IEnumerable<AdminVolume> selected)
     {
         var reply = new StatusReply
         {
@@ -39,12 +109,12 @@ internal sealed class AdminService(
                 GcPauseTotalUs = (ulong)(GC.GetTotalPauseDuration().Ticks / TimeSpan.TicksPerMicrosecond),
             },
         };
-        foreach (var v in Select(request.Volume))
+        foreach (var v in selected)
         {
             reply.Volumes.Add(Describe(v));
         }
 
-        return Task.FromResult(reply);
+        return reply;
     }
 
     public override Task<PromoteReply> Promote(PromoteRequest request, ServerCallContext context)
