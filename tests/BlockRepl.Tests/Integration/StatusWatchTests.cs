@@ -27,7 +27,7 @@ public sealed class StatusWatchTests
     {
         using var dir = new TempDirectory();
         await using var daemon = await DaemonProcess.StartAsync(dir, "16M", extra: ["--role", "secondary"]);
-        using var channel = UnixChannel(DaemonProcess.AdminSocketOf(dir));
+        using var channel = BlockRepl.Tests.Replication.AdminEndpointTests.UnixChannel(DaemonProcess.AdminSocketOf(dir));
         using var cts = new CancellationTokenSource(HangLimit);
         // The periodic refresh every 10 s: a reply within 2 s of the promotion can only come from its signal.
         using var call = new Admin.AdminClient(channel).WatchStatus(
@@ -107,7 +107,7 @@ public sealed class StatusWatchTests
         }
 
         // ... and gRPC watchers that cancel their calls, many at once.
-        using (var channel = UnixChannel(DaemonProcess.AdminSocketOf(dir)))
+        using (var channel = BlockRepl.Tests.Replication.AdminEndpointTests.UnixChannel(DaemonProcess.AdminSocketOf(dir)))
         {
             for (var i = 0; i < 20; i++)
             {
@@ -191,17 +191,4 @@ public sealed class StatusWatchTests
             throw;
         }
     }
-
-    private static GrpcChannel UnixChannel(string path) => GrpcChannel.ForAddress(new Uri("http://admin"), new GrpcChannelOptions
-    {
-        HttpHandler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, ct) =>
-            {
-                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct);
-                return new NetworkStream(socket, ownsSocket: true);
-            },
-        },
-    });
 }

@@ -95,7 +95,8 @@ public sealed class AdminEndpointTests
         Assert.Equal(before, await TestData.Sha256OfFileAsync(daemon.ImagePath));
     }
 
-    private static GrpcChannel UnixChannel(string path) => GrpcChannel.ForAddress(new Uri("http://admin"), new GrpcChannelOptions
+    /// <summary>A gRPC channel to a daemon's admin unix socket (also used by the status watch tests).</summary>
+    internal static GrpcChannel UnixChannel(string path) => GrpcChannel.ForAddress(new Uri("http://admin"), new GrpcChannelOptions
     {
         HttpHandler = new SocketsHttpHandler
         {
